@@ -1,0 +1,1 @@
+"""softlight.bench: checking every kernel against the reference, benchmarks and reports."""

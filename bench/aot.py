@@ -1,0 +1,198 @@
+"""Ahead-of-time compile of every kernel variant for a GPU target, with no GPU needed.
+
+The interpreter runs kernels as Python and never meets the compiler, so compile-only errors
+(type mismatches in lowering, unsupported ops for a dtype, register spills) would first show on
+a GPU. This module drives the real launch code with tensors on torch's "meta" device, catches
+each kernel launch, rebuilds the signature Triton's runtime would specialize it with (pointer
+dtypes, 16-byte alignment, integers equal to 1 or divisible by 16), and compiles it with
+`triton.compile` for sm_90 / sm_80. `cuobjdump --dump-resource-usage` then reads registers,
+spill (local) memory and shared memory off each cubin.
+
+    python -m softlight.bench.aot --arch 90 80 --out reports/compile.md
+
+Run it without TRITON_INTERPRET: interpreted kernels cannot be compiled.
+"""
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from softlight import fused_softmax
+
+TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
+                torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
+DTYPE_NAME = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64"}
+
+
+@dataclass
+class Launch:
+    """One kernel launch as the runtime would specialize it."""
+
+    name: str
+    kernel: triton.runtime.JITFunction
+    signature: dict
+    constexprs: dict
+    attrs: dict
+    num_warps: int
+
+
+class _Recorder:
+    """Stands in for a JITFunction: `kernel[grid](*args, **kwargs)` records instead of launching."""
+
+    def __init__(self, kernel, launches, label):
+        self.kernel, self.launches, self.label = kernel, launches, label
+
+    def __getitem__(self, grid):
+        def record(*args, num_warps=4, **constexprs):
+            self.launches.append(_specialize(self.kernel, self.label, args, constexprs, num_warps))
+
+        return record
+
+
+def _specialize(kernel, label, args, constexprs, num_warps):
+    names = kernel.arg_names
+    signature, consts, attrs = {}, {}, {}
+    for i, (name, value) in enumerate(zip(names, args)):
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + TRITON_DTYPE[value.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # fresh allocations are 16-byte aligned
+        elif isinstance(value, bool):
+            signature[name] = "i1"
+        elif isinstance(value, int):
+            if value == 1:  # the runtime turns an int equal to 1 into a constant
+                signature[name], consts[name] = "constexpr", 1
+                continue
+            signature[name] = "i64" if abs(value) >= 2**31 else "i32"
+            if value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"cannot specialize argument {name}={value!r}")
+    for name in names[len(args):]:
+        signature[name], consts[name] = "constexpr", constexprs[name]
+    flags = [f"{k}={v}" for k, v in constexprs.items() if k not in ("ACC",) and not isinstance(v, bool)]
+    flags += [k for k, v in constexprs.items() if v is True]
+    name = f"{kernel.__name__}[{label}, {', '.join(flags)}]"
+    return Launch(name, kernel, signature, consts, attrs, num_warps)
+
+
+@contextlib.contextmanager
+def recording(module, launches, label):
+    """Replace every JITFunction in `module` by a recorder for the duration."""
+    saved = {k: v for k, v in vars(module).items() if isinstance(v, triton.runtime.JITFunction)}
+    try:
+        for k, v in saved.items():
+            setattr(module, k, _Recorder(v, launches, label))
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(module, k, v)
+
+
+def variants():
+    """Every kernel variant the launch code produces: each dtype, each strategy, each block size."""
+    from softlight.launch import ROW_BLOCK_LIMIT
+
+    launches = []
+    for dtype in DTYPE_NAME:
+        # A short row, rows at the on-chip limits of backward and forward, a streamed row, and an
+        # odd vocabulary (50257) whose rows are not 16-byte aligned, which rules out vector loads.
+        for n_cols in (1024, ROW_BLOCK_LIMIT // 2, ROW_BLOCK_LIMIT, 4 * ROW_BLOCK_LIMIT, 50257):
+            x = torch.empty(64, n_cols, dtype=dtype, device="meta")
+            with recording(fused_softmax, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols"):
+                for log in (False, True):
+                    y = fused_softmax._forward(x, 1, dtype, 1.0, log)
+                    fused_softmax._backward(y, torch.empty_like(y), 1, dtype, 1.0, log)
+    # The same kernel variant reached from several row lengths is compiled once.
+    unique = {}
+    for launch in launches:
+        key = (launch.kernel.__name__, repr(launch.signature), repr(launch.constexprs), repr(launch.attrs), launch.num_warps)
+        unique.setdefault(key, launch)
+    return list(unique.values())
+
+
+def compile_one(launch: Launch, arch: int):
+    src = ASTSource(launch.kernel, launch.signature, launch.constexprs, launch.attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": launch.num_warps})
+
+
+def resource_usage(cubin: bytes) -> dict:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True).stdout
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {k.lower(): int(v) for k, v in fields.items()}
+
+
+def report(archs, out=None, stream=sys.stdout) -> int:
+    """Compile every variant for every arch; print a Markdown table; return how many failed to
+    compile or spilled registers (a stack frame or local memory: spills to off-chip memory)."""
+    rows, failures = [], 0
+    for arch in archs:
+        for launch in variants():
+            t0 = time.perf_counter()
+            try:
+                compiled = compile_one(launch, arch)
+                use = resource_usage(compiled.asm["cubin"])
+                loads = sorted(set(re.findall(r"ld\.global(?:\.\w+)*?\.(v[248])\.", compiled.asm["ptx"])))
+                spills = use.get("local", 0) + use.get("stack", 0)
+                status = "ok" if spills == 0 else "SPILLS"
+                failures += spills > 0
+                rows.append((f"sm_{arch}", launch.name, launch.num_warps, use.get("reg"), use.get("local"),
+                             use.get("stack"), use.get("shared"), ",".join(loads) or "scalar", status,
+                             f"{time.perf_counter() - t0:.1f}"))
+            except Exception as e:  # a compile error is the finding: record it and go on
+                failures += 1
+                msg = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+                rows.append((f"sm_{arch}", launch.name, launch.num_warps, "-", "-", "-", "-", "-", f"FAILED: {msg}", ""))
+    header = ("target", "kernel variant", "warps", "registers", "local bytes", "stack bytes", "shared bytes", "vector loads", "status", "compile s")
+    lines = [
+        "# Ahead-of-time compile report",
+        "",
+        f"triton {triton.__version__}, torch {torch.__version__}. Every variant compiled with `triton.compile` for the "
+        "targets below; registers, spill (local) bytes, stack and shared memory from `cuobjdump --dump-resource-usage`; "
+        "vector loads are the widths of the `ld.global` vector instructions in the PTX.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ] + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    text = "\n".join(lines) + "\n"
+    stream.write(text)
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text)
+    return failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities, e.g. 90 80")
+    parser.add_argument("--out", help="also write the Markdown table to this file")
+    args = parser.parse_args(argv)
+    from softlight.launch import INTERPRETED
+
+    if INTERPRETED:
+        parser.error("TRITON_INTERPRET is set: interpreted kernels cannot be compiled; unset it")
+    failures = report(args.arch, args.out)
+    if failures:
+        print(f"{failures} variant(s) failed to compile", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""Softmax and log-softmax, forward and backward, as Triton kernels and a torch autograd Function.
+
+With z = x / T (T the temperature) and b = max_j x_j, one program per row computes
+
+    d = sum_j exp((x_j - b) / T)
+    softmax_i = exp((x_i - b) / T) / d          log_softmax_i = (x_i - b) / T - log d
+
+Subtracting b before dividing by T keeps every exponent <= 0, and x_i - b never overflows
+where x / T would (a logit near the dtype's largest value with T < 1).
+
+Two strategies, chosen by `launch_config`:
+- single block: the row fits one block, so it is read once and written once;
+- streamed: a longer row is read in chunks twice. The first pass is the online softmax: it
+  keeps the running maximum m and the normaliser d of what it has seen, and when a chunk
+  raises the maximum from m to m', rescales d by exp((m - m') / T). The second pass writes.
+
+Backward, from the saved output y and the incoming gradient dy (s = softmax, 1/T from the chain rule):
+    softmax:      dx = s * (dy - sum_j dy_j s_j) / T
+    log_softmax:  dx = (dy - exp(y) * sum_j dy_j) / T
+"""
+
+import warnings
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import (
+    accumulator,
+    as_rows,
+    check_device,
+    check_dim,
+    check_float_tensor,
+    check_temperature,
+    launch_config,
+    row_offset,
+    FLOAT_DTYPES,
+)
+
+__all__ = ["softmax", "log_softmax", "Softmax", "LogSoftmax"]
+
+
+@triton.jit
+def softmax_forward_kernel(
+    x_ptr,
+    y_ptr,
+    n_cols,
+    n_inner,
+    x_stride_outer,
+    x_stride_inner,
+    x_stride_col,
+    y_stride_outer,
+    y_stride_inner,
+    y_stride_col,
+    inv_temperature,
+    LOG: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    row = tl.program_id(0)
+    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
+    y_row = y_ptr + row_offset(row, n_inner, y_stride_outer, y_stride_inner)
+    out_ty = y_ptr.dtype.element_ty
+    cols = tl.arange(0, BLOCK)
+
+    if SINGLE_BLOCK:
+        mask = cols < n_cols
+        x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
+        # Rounding to the output dtype first is torch's meaning of `dtype=` (a no-op otherwise).
+        x = x.to(out_ty).to(ACC)
+        z = (x - tl.max(x, 0)) * inv_temperature
+        e = tl.exp(z)
+        d = tl.sum(e, 0)
+        if LOG:
+            out = z - tl.log(d)
+        else:
+            out = e / d
+        tl.store(y_row + cols.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
+    else:
+        m = tl.full((), -float("inf"), ACC)
+        d = tl.zeros((), ACC)
+        for start in range(0, n_cols, BLOCK):
+            offs = start + cols
+            x = tl.load(x_row + offs.to(tl.int64) * x_stride_col, mask=offs < n_cols, other=-float("inf"))
+            x = x.to(out_ty).to(ACC)
+            m_new = tl.maximum(m, tl.max(x, 0))
+            # While every logit seen is -inf, shift by 0 instead: (-inf) - (-inf) would be NaN.
+            shift = tl.where(m_new == -float("inf"), 0.0, m_new)
+            d = d * tl.exp((m - shift) * inv_temperature) + tl.sum(tl.exp((x - shift) * inv_temperature), 0)
+            m = m_new
+        log_d = tl.log(d)
+        for start in range(0, n_cols, BLOCK):
+            offs = start + cols
+            mask = offs < n_cols
+            x = tl.load(x_row + offs.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
+            z = (x.to(out_ty).to(ACC) - m) * inv_temperature
+            if LOG:
+                out = z - log_d
+            else:
+                out = tl.exp(z) / d
+            tl.store(y_row + offs.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
+
+
+@triton.jit
+def softmax_backward_kernel(
+    y_ptr,
+    dy_ptr,
+    dx_ptr,
+    n_cols,
+    n_inner,
+    y_stride_outer,
+    y_stride_inner,
+    y_stride_col,
+    dy_stride_outer,
+    dy_stride_inner,
+    dy_stride_col,
+    dx_stride_outer,
+    dx_stride_inner,
+    dx_stride_col,
+    inv_temperature,
+    LOG: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    row = tl.program_id(0)
+    y_row = y_ptr + row_offset(row, n_inner, y_stride_outer, y_stride_inner)
+    dy_row = dy_ptr + row_offset(row, n_inner, dy_stride_outer, dy_stride_inner)
+    dx_row = dx_ptr + row_offset(row, n_inner, dx_stride_outer, dx_stride_inner)
+    cols = tl.arange(0, BLOCK)
+
+    if SINGLE_BLOCK:
+        mask = cols < n_cols
+        y = tl.load(y_row + cols.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(dy_row + cols.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
+        if LOG:
+            dx = dy - tl.exp(y) * tl.sum(dy, 0)
+        else:
+            dx = y * (dy - tl.sum(dy * y, 0))
+        tl.store(dx_row + cols.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty), mask=mask)
+    else:
+        # sum_j dy_j (log-softmax) or sum_j dy_j y_j (softmax), then a second pass writes.
+        total = tl.zeros((), ACC)
+        for start in range(0, n_cols, BLOCK):
+            offs = start + cols
+            mask = offs < n_cols
+            dy = tl.load(dy_row + offs.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
+            if LOG:
+                total += tl.sum(dy, 0)
+            else:
+                y = tl.load(y_row + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+                total += tl.sum(dy * y, 0)
+        for start in range(0, n_cols, BLOCK):
+            offs = start + cols
+            mask = offs < n_cols
+            y = tl.load(y_row + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+            dy = tl.load(dy_row + offs.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
+            if LOG:
+                dx = dy - tl.exp(y) * total
+            else:
+                dx = y * (dy - total)
+            tl.store(dx_row + offs.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _forward(x, dim, out_dtype, inv_temperature, log):
+    layout, (x,), (y,) = as_rows(dim, [x], [out_dtype])
+    if y.numel() == 0:
+        return y
+    cfg = launch_config(layout.n_cols, out_dtype.itemsize)
+    softmax_forward_kernel[(layout.n_rows,)](
+        x, y, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], inv_temperature,
+        LOG=log, SINGLE_BLOCK=cfg.single_block, BLOCK=cfg.block, ACC=accumulator(out_dtype),
+        num_warps=cfg.num_warps,
+    )
+    return y
+
+
+def _backward(y, dy, dim, in_dtype, inv_temperature, log):
+    layout, (y, dy), (dx,) = as_rows(dim, [y, dy], [in_dtype])
+    if dx.numel() == 0:
+        return dx
+    cfg = launch_config(layout.n_cols, y.dtype.itemsize, rows_held=2)
+    softmax_backward_kernel[(layout.n_rows,)](
+        y, dy, dx, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], *layout.strides[2],
+        inv_temperature, LOG=log, SINGLE_BLOCK=cfg.single_block, BLOCK=cfg.block, ACC=accumulator(y.dtype),
+        num_warps=cfg.num_warps,
+    )
+    return dx
+
+
+class SoftmaxFunction(torch.autograd.Function):
+    """softmax(x / T) or log_softmax(x / T) over `dim`, with the output saved for backward."""
+
+    @staticmethod
+    def forward(ctx, x, dim, out_dtype, inv_temperature, log):
+        y = _forward(x, dim, out_dtype, inv_temperature, log)
+        ctx.save_for_backward(y)
+        ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log = dim, x.dtype, inv_temperature, log
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        (y,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: the same formula in torch ops, so that it can be differentiated
+            # again (through y, whose own backward is this Function).
+            acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+            yy, gg = y.to(acc), dy.to(acc)
+            if ctx.log:
+                dx = gg - yy.exp() * gg.sum(ctx.dim, keepdim=True)
+            else:
+                dx = yy * (gg - (gg * yy).sum(ctx.dim, keepdim=True))
+            dx = (dx * ctx.inv_temperature).to(ctx.in_dtype)
+        else:
+            dx = _backward(y, dy, ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log)
+        return dx, None, None, None, None
+
+
+def _apply(fn, input, dim, dtype, temperature, log):
+    check_float_tensor(fn, "input", input)
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{fn}: dtype must be None or one of float16, bfloat16, float32, float64, got {dtype}")
+    dim = check_dim(dim, input.dim())
+    temperature = check_temperature(fn, temperature)
+    check_device(fn, "input", input)
+    out_dtype = input.dtype if dtype is None else dtype
+    return SoftmaxFunction.apply(input, dim, out_dtype, 1.0 / temperature, log)
+
+
+def softmax(input: torch.Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, temperature: float = 1.0):
+    """softmax(input / temperature) over `dim`, like torch.softmax.
+
+    dtype: if given, the input is cast to it first and the output has it (torch's meaning).
+    Accumulates in fp32 (fp64 for float64); differentiable.
+    """
+    return _apply("softlight.softmax", input, dim, dtype, temperature, log=False)
+
+
+def log_softmax(input: torch.Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, temperature: float = 1.0):
+    """log_softmax(input / temperature) over `dim`, like torch.log_softmax, computed as
+    z - LSE(z), never as log(softmax(z)). Same arguments as `softmax`."""
+    return _apply("softlight.log_softmax", input, dim, dtype, temperature, log=True)
+
+
+def _module_dim(dim, ndim, name):
+    if dim is not None:
+        return dim
+    # torch.nn.Softmax(dim=None)'s legacy choice, with its warning.
+    warnings.warn(
+        f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X as an argument.",
+        stacklevel=3,
+    )
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+class Softmax(torch.nn.Module):
+    """Drop-in for torch.nn.Softmax, with softlight's `dtype` and `temperature` options."""
+
+    def __init__(self, dim: int | None = None, *, dtype: torch.dtype | None = None, temperature: float = 1.0):
+        super().__init__()
+        self.dim, self.dtype, self.temperature = dim, dtype, temperature
+
+    def forward(self, input):
+        dim = _module_dim(self.dim, input.dim(), "softmax")
+        return softmax(input, dim, dtype=self.dtype, temperature=self.temperature)
+
+    def extra_repr(self):
+        return f"dim={self.dim}" + (f", temperature={self.temperature}" if self.temperature != 1.0 else "")
+
+
+class LogSoftmax(Softmax):
+    """Drop-in for torch.nn.LogSoftmax, with softlight's `dtype` and `temperature` options."""
+
+    def forward(self, input):
+        dim = _module_dim(self.dim, input.dim(), "log_softmax")
+        return log_softmax(input, dim, dtype=self.dtype, temperature=self.temperature)

@@ -1,0 +1,234 @@
+"""How every softlight kernel meets a tensor: argument checks, the row view, block sizes.
+
+The kernels never see a tensor's shape. They see *rows*: a reduction over ``dim`` of a tensor
+of any rank and any strides is a set of independent rows of ``n_cols`` elements. Row ``r`` is
+split into an (outer, inner) pair, ``r = outer * n_inner + inner``, and element ``c`` of the row
+lives at ``outer * stride_outer + inner * stride_inner + c * stride_col``. Two row strides are
+enough for a contiguous tensor reduced over any dim (outer: the dims before it, inner: the dims
+after it), and for transposed, sliced or expanded views as long as the dims other than ``dim``
+collapse into at most two strided groups; only the rare view that does not is copied first.
+"""
+
+import math
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "INTERPRETED",
+    "FLOAT_DTYPES",
+    "RowLayout",
+    "LaunchConfig",
+    "launch_config",
+    "row_layout",
+    "as_rows",
+    "row_offset",
+    "check_float_tensor",
+    "check_dim",
+    "check_device",
+    "check_temperature",
+    "accumulator",
+]
+
+
+@triton.jit
+def _probe():
+    pass
+
+
+# True when triton.jit hands back interpreted functions: TRITON_INTERPRET=1 was set before
+# triton was imported, and the kernels run on CPU tensors through Triton's interpreter.
+INTERPRETED = not isinstance(_probe, triton.runtime.JITFunction)
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _round_bf16_to_nearest_in_interpreter():
+    """Make the interpreter round fp32 -> bf16 to nearest even, as the GPU's cvt.rn does.
+
+    Triton's interpreter truncates that cast, which costs bf16 outputs up to a whole ulp that
+    compiled kernels do not lose; without this, interpreter runs would misreport our bf16 error.
+    Only the interpreter's cast is touched, and only when its internals are as expected.
+    """
+    import numpy as np
+    from triton.runtime import interpreter
+
+    builder = getattr(interpreter, "InterpreterBuilder", None)
+    cast_impl = getattr(builder, "cast_impl", None)
+    if cast_impl is None or getattr(cast_impl, "_softlight_rne", False):
+        return
+
+    def cast_with_rne(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            bits = np.ascontiguousarray(src.data, dtype=np.float32).view(np.uint32)
+            rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
+            nan = np.isnan(src.data)
+            rounded = np.where(nan, (bits >> 16) | np.uint32(0x40), rounded)  # keep NaN quiet
+            return interpreter.TensorHandle(rounded.astype(np.uint16), tl.bfloat16)
+        return cast_impl(self, src, dst_type)
+
+    cast_with_rne._softlight_rne = True
+    builder.cast_impl = cast_with_rne
+
+
+if INTERPRETED:
+    _round_bf16_to_nearest_in_interpreter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks shared by every public function. Each names the function and the argument.
+
+
+def check_float_tensor(fn: str, name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{fn}: {name} must be a floating-point tensor of dtype float16, bfloat16, float32 or "
+            f"float64, got {t.dtype}"
+        )
+
+
+def check_dim(dim, ndim: int) -> int:
+    """torch's rule and message for a dim argument: an int in [-ndim, ndim) (0-d counts as 1-d)."""
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise IndexError(
+            f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {dim})"
+        )
+    return dim % rank
+
+
+def check_device(fn: str, name: str, t: torch.Tensor) -> None:
+    """The compiled kernels run on CUDA (and ROCm, which torch also calls "cuda") tensors;
+    the interpreter runs on CPU tensors."""
+    if t.device.type == "cuda" or (INTERPRETED and t.device.type == "cpu"):
+        return
+    if t.device.type == "cpu":
+        raise RuntimeError(
+            f"{fn}: {name} is on the CPU, and the Triton kernels need a CUDA device. To run them "
+            "on the CPU through Triton's interpreter (slow, for testing), set the environment "
+            "variable TRITON_INTERPRET=1 before softlight or triton is imported."
+        )
+    raise RuntimeError(f"{fn}: {name} is on device {t.device}, which the Triton kernels cannot run on")
+
+
+def check_temperature(fn: str, temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, Real):
+        raise TypeError(f"{fn}: temperature must be a real number, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{fn}: temperature must be finite and > 0, got {temperature}")
+    return temperature
+
+
+def accumulator(dtype: torch.dtype):
+    """fp32 accumulation for every dtype but float64, which keeps float64 (for gradcheck)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# The row view.
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    n_outer: int
+    n_inner: int
+    n_cols: int
+    # (stride_outer, stride_inner, stride_col) of each tensor, in the order they were given.
+    strides: tuple
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_outer * self.n_inner
+
+
+def row_layout(dim: int, *tensors: torch.Tensor) -> RowLayout | None:
+    """The row view shared by tensors of one shape reduced over `dim`, or None when their
+    strides do not collapse into two row strides."""
+    shape = tensors[0].shape
+    dim = dim % max(len(shape), 1)
+    n_cols = shape[dim] if len(shape) else 1
+    # Dims other than `dim`, each as (size, its stride in every tensor); size-1 dims carry nothing.
+    dims = [(shape[d], [t.stride(d) for t in tensors]) for d in range(len(shape)) if d != dim and shape[d] != 1]
+    groups = []
+    for size, strides in dims:
+        # The previous group steps over this dim exactly when, in every tensor, its stride is
+        # this dim's stride times this dim's size: then the two are one dim.
+        if groups and all(gs == s * size for gs, s in zip(groups[-1][1], strides)):
+            groups[-1] = (groups[-1][0] * size, strides)
+        else:
+            groups.append((size, strides))
+    if len(groups) > 2:
+        return None
+    groups = [(1, [0] * len(tensors))] * (2 - len(groups)) + groups
+    (n_outer, outer), (n_inner, inner) = groups
+    col = [t.stride(dim) if t.dim() else 1 for t in tensors]
+    return RowLayout(n_outer, n_inner, n_cols, tuple(zip(outer, inner, col)))
+
+
+def as_rows(dim: int, inputs, out_dtypes):
+    """Allocate outputs shaped like inputs[0] (keeping its memory layout when it is dense) and
+    return (layout, inputs, outputs) viewed as rows over `dim`. Only when the strides of the
+    inputs and outputs cannot share one row view are the inputs copied to contiguous memory."""
+    like = inputs[0]
+    outputs = [torch.empty_like(like, dtype=dt) for dt in out_dtypes]
+    layout = row_layout(dim, *inputs, *outputs)
+    if layout is None:
+        inputs = [t.contiguous() for t in inputs]
+        outputs = [torch.empty(like.shape, dtype=dt, device=like.device) for dt in out_dtypes]
+        layout = row_layout(dim, *inputs, *outputs)
+    return layout, inputs, outputs
+
+
+@triton.jit
+def row_offset(row, n_inner, stride_outer, stride_inner):
+    """Offset in elements (int64) of the first element of row `row` of a RowLayout."""
+    outer = row // n_inner
+    inner = row - outer * n_inner
+    return outer.to(tl.int64) * stride_outer + inner.to(tl.int64) * stride_inner
+
+
+# ---------------------------------------------------------------------------------------------
+# Block sizes: one heuristic for every kernel.
+
+# Longest row held whole on chip, in fp32 elements for one tensor. With 32 warps a thread may
+# use at most 64 registers; 32768 elements leave it 32 of them for the row. Up to this a row is
+# read once and written once; longer rows are streamed in CHUNK-sized pieces.
+ROW_BLOCK_LIMIT = 32768
+# Piece size for rows streamed with the online algorithm.
+CHUNK = 8192
+# Elements each thread holds per block: 16 keeps two 16-byte loads of bf16 in flight per thread.
+ELEMENTS_PER_THREAD = 16
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block: int  # elements a program handles at once (a power of two)
+    single_block: bool  # whether the whole row fits one block
+    num_warps: int
+
+
+def launch_config(n_cols: int, acc_bytes: int = 4, rows_held: int = 1) -> LaunchConfig:
+    """Block size and warps for rows of `n_cols` elements.
+
+    `rows_held` is how many row-sized tensors a kernel keeps in registers at once (2 for
+    backward: y and dy), `acc_bytes` the size of its accumulator float. A row of up to
+    ROW_BLOCK_LIMIT / rows_held elements (a quarter of that in float64, whose arithmetic also
+    needs more temporaries: the compile report showed spills at half) is one block, read once
+    and written once. A longer row is streamed in blocks of CHUNK elements. Warps grow with the
+    block so each thread keeps ELEMENTS_PER_THREAD elements (between 1 and 32 warps).
+    """
+    limit = max(ROW_BLOCK_LIMIT // rows_held // (4 if acc_bytes == 8 else 1), 1)
+    if n_cols <= limit:
+        block, single = triton.next_power_of_2(max(n_cols, 1)), True
+    else:
+        block, single = min(CHUNK, triton.next_power_of_2(limit)), False
+    num_warps = min(max(block // (32 * ELEMENTS_PER_THREAD), 1), 32)
+    return LaunchConfig(block, single, num_warps)

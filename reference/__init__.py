@@ -1,0 +1,27 @@
+"""softlight.reference: the float64 NumPy reference every kernel is checked against.
+
+It never imports torch: it is the independent side of every comparison.
+"""
+
+from .errors import TOLERANCE, relative_error
+from .softmax import (
+    log_softmax,
+    log_softmax_backward,
+    logsumexp,
+    naive_log_softmax,
+    naive_softmax,
+    softmax,
+    softmax_backward,
+)
+
+__all__ = [
+    "TOLERANCE",
+    "relative_error",
+    "logsumexp",
+    "softmax",
+    "log_softmax",
+    "softmax_backward",
+    "log_softmax_backward",
+    "naive_softmax",
+    "naive_log_softmax",
+]

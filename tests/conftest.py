@@ -1,0 +1,46 @@
+"""Test configuration: without a GPU, the kernels run on CPU tensors through Triton's interpreter.
+
+TRITON_INTERPRET must be set before triton is imported (triton.jit reads it when a kernel is
+decorated), so it is set here, before anything imports softlight. On a GPU machine the suite
+runs the compiled kernels on CUDA tensors; TRITON_INTERPRET=1 in the environment forces the
+interpreter there too.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import softlight  # noqa: E402  (after TRITON_INTERPRET is settled)
+
+DEVICE = "cpu" if softlight.INTERPRETED else "cuda"
+
+
+def pytest_report_header(config):
+    mode = "Triton interpreter on CPU tensors" if softlight.INTERPRETED else f"compiled kernels on {torch.cuda.get_device_name()}"
+    return f"softlight kernels: {mode}"
+
+
+def pytest_collection_modifyitems(config, items):
+    if softlight.INTERPRETED or not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU with compiled kernels")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed():
+    """Fresh random inputs on every run, as the numerics contract asks; a failing test shows its
+    seed in its captured output, and SOFTLIGHT_SEED=<seed> replays it."""
+    seed = int(os.environ.get("SOFTLIGHT_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"SOFTLIGHT_SEED={seed}")
+    torch.manual_seed(seed)

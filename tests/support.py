@@ -1,0 +1,24 @@
+"""Helpers shared by the tests: comparing a tensor with the float64 reference."""
+
+import numpy as np
+import torch
+
+from softlight.reference import TOLERANCE, relative_error
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def assert_close(out: torch.Tensor, ref, dtype: torch.dtype | None = None, what: str = ""):
+    """out within the tolerance of its dtype (or `dtype`) of the float64 reference `ref`."""
+    name = dtype_name(dtype or out.dtype)
+    err = relative_error(to_numpy(out), ref)
+    assert err <= TOLERANCE[name], f"{what} relative error {err:.3e} > {TOLERANCE[name]:.0e} ({name})"
+    return err

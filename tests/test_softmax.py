@@ -1,0 +1,262 @@
+"""softlight.softmax and softlight.log_softmax against the float64 reference and against torch."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import softlight
+from softlight import launch
+from softlight import reference as ref
+from softlight.reference import TOLERANCE
+from support import DTYPES, assert_close, dtype_name, to_numpy
+
+OPS = {
+    "softmax": (softlight.softmax, ref.softmax, ref.softmax_backward, torch.softmax),
+    "log_softmax": (softlight.log_softmax, ref.log_softmax, ref.log_softmax_backward, torch.log_softmax),
+}
+INF, NAN = float("inf"), float("nan")
+
+
+def check_forward_backward(op, x, dim=-1, temperature=1.0, **kwargs):
+    """Forward and backward of `op` on x against the reference; returns the output."""
+    fn, ref_fwd, ref_bwd, _ = OPS[op]
+    x = x.detach().requires_grad_()
+    y = fn(x, dim, temperature=temperature, **kwargs)
+    assert y.shape == x.shape and y.dtype == kwargs.get("dtype", x.dtype)
+    # torch's dtype= rounds the input to it first; the reference sees the same rounded values.
+    xr = to_numpy(x.to(y.dtype))
+    y_ref = ref_fwd(xr, dim, temperature)
+    assert_close(y, y_ref, what=f"{op} forward")
+    # Backward is a function of the saved output and the incoming gradient: the reference gets
+    # the same y the kernel saved (its rounding to the output dtype is forward's error, and
+    # amplified by the cancellation in dy - sum(dy * y) it would swamp the backward's own).
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    assert x.grad.dtype == x.dtype
+    coarser = max(x.dtype, y.dtype, key=lambda t: TOLERANCE[dtype_name(t)])
+    dx_ref = ref_bwd(to_numpy(y), to_numpy(dy), dim, temperature)
+    assert_close(x.grad, dx_ref, dtype=coarser, what=f"{op} backward")
+    return y
+
+
+@pytest.mark.parametrize("n_cols", [1, 3, 17, 1000, 4097, 33000, 131072])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_against_reference(op, dtype, n_cols, device):
+    rows = 5 if n_cols < 10000 else 2
+    x = torch.randn(rows, n_cols, device=device).mul(4).to(dtype)
+    check_forward_backward(op, x)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_very_long_rows(op, device):
+    x = torch.randn(1, 262144 + 7, device=device).mul(4).to(torch.bfloat16)
+    check_forward_backward(op, x)
+
+
+@pytest.mark.parametrize("temperature", [0.25, 0.7, 3.0])
+@pytest.mark.parametrize("op", OPS)
+def test_temperature(op, temperature, device):
+    x = torch.randn(4, 300, device=device).mul(3)
+    check_forward_backward(op, x, temperature=temperature)
+    check_forward_backward(op, torch.randn(2, 40000, device=device), temperature=temperature)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1, -2])
+@pytest.mark.parametrize("op", OPS)
+def test_any_dim(op, dim, device):
+    x = torch.randn(4, 6, 33, device=device).mul(3)
+    check_forward_backward(op, x, dim=dim)
+
+
+def strided_views(device):
+    base = torch.randn(5, 12, 20, device=device).mul(3)
+    return {
+        "transposed": base.transpose(1, 2),
+        "sliced": base[:, ::3, 1:],
+        "expanded": torch.randn(1, 12, 1, device=device).expand(5, 12, 20),
+        "permuted": base.permute(2, 0, 1),
+        # Reduced over dim 1, the other dims keep three strides that do not merge.
+        "three row groups": torch.randn(4, 6, 10, 7, device=device)[:, ::2, :, ::2],
+    }
+
+
+@pytest.mark.parametrize("view", ["transposed", "sliced", "expanded", "permuted", "three row groups"])
+@pytest.mark.parametrize("dim", [-1, 1])
+@pytest.mark.parametrize("op", OPS)
+def test_strided_inputs(op, view, dim, device):
+    check_forward_backward(op, strided_views(device)[view], dim=dim)
+
+
+def test_strided_views_need_no_copy(device):
+    views = strided_views(device)
+    for name in ("transposed", "sliced", "expanded", "permuted"):
+        for dim in range(3):
+            assert launch.row_layout(dim, views[name]) is not None, (name, dim)
+    assert launch.row_layout(-1, views["three row groups"]) is not None
+    assert launch.row_layout(1, views["three row groups"]) is None
+
+
+def test_row_layout_of_contiguous_tensor(device):
+    x = torch.empty(2, 3, 4, 5, device=device)
+    lay = launch.row_layout(1, x)
+    assert (lay.n_outer, lay.n_inner, lay.n_cols, lay.strides) == (2, 20, 3, ((60, 1, 20),))
+    lay = launch.row_layout(3, x)
+    assert (lay.n_outer, lay.n_inner, lay.n_cols, lay.strides) == (1, 24, 5, ((0, 5, 1),))
+
+
+@pytest.mark.parametrize(
+    "in_dtype,out_dtype",
+    [(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float32, torch.float16)],
+)
+@pytest.mark.parametrize("op", OPS)
+def test_dtype_argument_matches_torch(op, in_dtype, out_dtype, device):
+    fn, _, _, torch_fn = OPS[op]
+    x = torch.randn(3, 500, device=device).mul(3).to(in_dtype)
+    y = check_forward_backward(op, x, dtype=out_dtype)
+    expected = torch_fn(x.float().to(in_dtype), -1, dtype=out_dtype)
+    assert_close(y, to_numpy(expected), what="against torch")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_streamed_path_when_block_is_small(op, monkeypatch, device):
+    """Forcing a tiny row limit sends short rows down the online (streamed) path."""
+    x = torch.randn(3, 1000, device=device).mul(5)
+    single = OPS[op][0](x)
+    monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", 16)
+    assert not launch.launch_config(1000).single_block
+    streamed = check_forward_backward(op, x)
+    assert_close(streamed, to_numpy(single), what="streamed vs single block")
+    check_forward_backward(op, torch.randn(2, 3, 77, device=device), dim=1)
+
+
+def edge_rows(device, n_cols=40):
+    rows = torch.randn(8, n_cols, device=device)
+    rows[0] = -INF  # every class masked
+    rows[1, ::2] = -INF  # half masked
+    rows[2, 5] = INF
+    rows[3, 7] = NAN
+    rows[4, :] = 3.0  # constant row
+    rows[5, n_cols - 1] = -INF
+    rows[6, : n_cols - 1] = -INF  # a single live class, last
+    rows[7, 0] = 1e30
+    return rows
+
+
+@pytest.mark.parametrize("row_limit", [None, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op", OPS)
+def test_non_finite_rows_match_torch(op, dtype, row_limit, monkeypatch, device):
+    if row_limit:
+        monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", row_limit)
+    fn, _, _, torch_fn = OPS[op]
+    x = edge_rows(device).to(dtype)
+    xs, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ys, yt = fn(xs), torch_fn(xt.float(), -1).to(dtype)
+    # Exactly torch's NaN and infinity pattern, and its finite values within the dtype's tolerance.
+    assert_close(ys, to_numpy(yt), what="forward vs torch")
+    dy = torch.randn_like(ys)
+    ys.backward(dy)
+    yt.backward(dy)
+    assert_close(xs.grad, to_numpy(xt.grad), what="backward vs torch")
+
+
+@pytest.mark.parametrize("shape,dim", [((0, 5), -1), ((3, 0), -1), ((3, 0), 0), ((0,), 0), ((2, 0, 4), 2)])
+@pytest.mark.parametrize("op", OPS)
+def test_empty_tensors(op, shape, dim, device):
+    fn, _, _, torch_fn = OPS[op]
+    x = torch.randn(shape, device=device, requires_grad=True)
+    y = fn(x, dim)
+    assert y.shape == torch_fn(x, dim).shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_zero_dim_tensor(op, device):
+    fn, _, _, torch_fn = OPS[op]
+    x = torch.tensor(2.5, device=device, requires_grad=True)
+    for dim in (0, -1):
+        y = fn(x, dim)
+        assert y.shape == () and y.item() == torch_fn(x, dim).item()
+    y.backward()
+    assert x.grad.item() == 0.0
+
+
+@pytest.mark.parametrize("row_limit", [None, 4])
+@pytest.mark.parametrize("op", OPS)
+def test_gradcheck_float64(op, row_limit, monkeypatch, device):
+    if row_limit:
+        monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", row_limit)
+    fn = OPS[op][0]
+    x = torch.randn(3, 7, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fn(t, -1, temperature=0.8), (x,))
+    assert torch.autograd.gradcheck(lambda t: fn(t, 0), (x,))
+    if row_limit is None:
+        assert torch.autograd.gradgradcheck(lambda t: fn(t, -1, temperature=1.3), (x,))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_modules(op, device):
+    module = {"softmax": softlight.Softmax, "log_softmax": softlight.LogSoftmax}[op]
+    torch_module = {"softmax": torch.nn.Softmax, "log_softmax": torch.nn.LogSoftmax}[op]
+    x = torch.randn(2, 3, 10, device=device)
+    torch.testing.assert_close(module(dim=1)(x), torch_module(dim=1)(x))
+    torch.testing.assert_close(module(-1, temperature=2.0)(x), torch_module(-1)(x / 2))
+    with pytest.warns(UserWarning, match="Implicit dimension"):
+        implicit = module()(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.testing.assert_close(implicit, torch_module()(x))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bad_input_is_rejected(op, device):
+    fn = OPS[op][0]
+    x = torch.randn(2, 3, device=device)
+    with pytest.raises(TypeError, match="input must be a floating-point tensor"):
+        fn(torch.ones(2, 3, dtype=torch.int64, device=device))
+    with pytest.raises(TypeError, match="input must be a torch.Tensor"):
+        fn([1.0, 2.0])
+    with pytest.raises(TypeError, match="dtype"):
+        fn(x, dtype=torch.int32)
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        fn(x, 2)
+    with pytest.raises(IndexError, match="Dimension out of range"):
+        fn(x, -3)
+    for bad in (0.0, -1.0, INF, NAN):
+        with pytest.raises(ValueError, match="temperature"):
+            fn(x, temperature=bad)
+    with pytest.raises(TypeError, match="temperature"):
+        fn(x, temperature="hot")
+
+
+def test_cpu_tensor_without_interpreter_says_how_to_enable_it():
+    code = (
+        "import os; os.environ.pop('TRITON_INTERPRET', None)\n"
+        "import torch, softlight\n"
+        "try:\n"
+        "    softlight.softmax(torch.randn(2, 3))\n"
+        "except RuntimeError as e:\n"
+        "    print(e)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "input is on the CPU" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", OPS)
+def test_offsets_past_2_31(op):
+    """Rows whose element offsets pass 2**31: many rows, and a huge stride between columns."""
+    fn, _, _, torch_fn = OPS[op]
+    x = torch.randn(2**21 + 3, 1024, device="cuda", dtype=torch.float16)
+    y = fn(x)
+    torch.testing.assert_close(y[-4:], torch_fn(x[-4:].float(), -1).half(), atol=1e-3, rtol=1e-3)
+    del y
+    x = torch.randn(3, 2**30 + 1, device="cuda", dtype=torch.float16)
+    y = fn(x, 0)
+    torch.testing.assert_close(y[:, -8:], torch_fn(x[:, -8:].float(), 0).half(), atol=1e-3, rtol=1e-3)
