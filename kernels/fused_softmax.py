@@ -167,7 +167,7 @@ def _forward(x, dim, out_dtype, inv_temperature, log):
     layout, (x,), (y,) = as_rows(dim, [x], [out_dtype])
     if y.numel() == 0:
         return y
-    cfg = launch_config(layout.n_cols, out_dtype.itemsize)
+    cfg = launch_config(layout.n_cols, out_dtype)
     softmax_forward_kernel[(layout.n_rows,)](
         x, y, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], inv_temperature,
         LOG=log, SINGLE_BLOCK=cfg.single_block, BLOCK=cfg.block, ACC=accumulator(out_dtype),
@@ -180,7 +180,7 @@ def _backward(y, dy, dim, in_dtype, inv_temperature, log):
     layout, (y, dy), (dx,) = as_rows(dim, [y, dy], [in_dtype])
     if dx.numel() == 0:
         return dx
-    cfg = launch_config(layout.n_cols, y.dtype.itemsize, rows_held=2)
+    cfg = launch_config(layout.n_cols, y.dtype, rows_held=2)
     softmax_backward_kernel[(layout.n_rows,)](
         y, dy, dx, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], *layout.strides[2],
         inv_temperature, LOG=log, SINGLE_BLOCK=cfg.single_block, BLOCK=cfg.block, ACC=accumulator(y.dtype),

@@ -9,6 +9,7 @@ after it), and for transposed, sliced or expanded views as long as the dims othe
 collapse into at most two strided groups; only the rare view that does not is copied first.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 from numbers import Real
@@ -215,20 +216,51 @@ class LaunchConfig:
     num_warps: int
 
 
-def launch_config(n_cols: int, acc_bytes: int = 4, rows_held: int = 1) -> LaunchConfig:
+def launch_config(n_cols: int, dtype: torch.dtype = torch.float32, rows_held: int = 1, stream: bool = False) -> LaunchConfig:
     """Block size and warps for rows of `n_cols` elements.
 
     `rows_held` is how many row-sized tensors a kernel keeps in registers at once (2 for
-    backward: y and dy), `acc_bytes` the size of its accumulator float. A row of up to
-    ROW_BLOCK_LIMIT / rows_held elements (a quarter of that in float64, whose arithmetic also
-    needs more temporaries: the compile report showed spills at half) is one block, read once
-    and written once. A longer row is streamed in blocks of CHUNK elements. Warps grow with the
-    block so each thread keeps ELEMENTS_PER_THREAD elements (between 1 and 32 warps).
+    softmax backward: y and dy). float64 rows count four times (their arithmetic takes twice the
+    registers and more temporaries: the compile report showed spills at half). A
+    row of up to ROW_BLOCK_LIMIT / cost elements, cost = rows_held (times 4 in float64), is one
+    block, read once and written once; a longer row, or any row of a kernel that only streams
+    (`stream`, such as cross-entropy's one pass), goes in blocks of up to CHUNK / cost elements.
+    Warps grow with the block so each thread keeps ELEMENTS_PER_THREAD elements (1 to 32 warps).
     """
-    limit = max(ROW_BLOCK_LIMIT // rows_held // (4 if acc_bytes == 8 else 1), 1)
-    if n_cols <= limit:
+    cost = rows_held * (4 if dtype == torch.float64 else 1)
+    limit = max(ROW_BLOCK_LIMIT // cost, 1)
+    chunk = triton.next_power_of_2(max(min(CHUNK, ROW_BLOCK_LIMIT) // cost, 1))
+    if stream:
+        block, single = min(triton.next_power_of_2(max(n_cols, 1)), chunk), n_cols <= chunk
+    elif n_cols <= limit:
         block, single = triton.next_power_of_2(max(n_cols, 1)), True
     else:
-        block, single = min(CHUNK, triton.next_power_of_2(limit)), False
+        block, single = chunk, False
     num_warps = min(max(block // (32 * ELEMENTS_PER_THREAD), 1), 32)
     return LaunchConfig(block, single, num_warps)
+
+
+# Programs wanted in flight before a row is shared between programs. None: 4 per multiprocessor
+# on a GPU, and 1 (never split) on the interpreter, where splitting buys nothing. Tests set it
+# to force the split path.
+TARGET_PROGRAMS = None
+
+
+@functools.cache
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def split_count(n_rows: int, n_cols: int, block: int, device: torch.device) -> int:
+    """How many programs share each row, so that a few long rows still fill the GPU.
+
+    With n_rows below the programs wanted, each row's columns are split into that many ranges
+    of whole blocks, one program each, and their partial results are combined afterwards.
+    """
+    wanted = TARGET_PROGRAMS
+    if wanted is None:
+        on_gpu = device.type == "cuda" and not INTERPRETED
+        wanted = 4 * _multiprocessors(device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else 1
+    if n_rows >= wanted:
+        return 1
+    return max(1, min(triton.cdiv(n_cols, block), triton.cdiv(wanted, max(n_rows, 1))))

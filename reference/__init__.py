@@ -3,6 +3,7 @@
 It never imports torch: it is the independent side of every comparison.
 """
 
+from .cross_entropy import REDUCTIONS, cross_entropy, cross_entropy_backward
 from .errors import TOLERANCE, relative_error
 from .softmax import (
     log_softmax,
@@ -24,4 +25,7 @@ __all__ = [
     "log_softmax_backward",
     "naive_softmax",
     "naive_log_softmax",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "REDUCTIONS",
 ]

@@ -1,0 +1,505 @@
+"""Cross-entropy, forward and backward, as Triton kernels and a torch autograd Function.
+
+Per row of logits x (classes on dim 1, torch's layout), with y = cap(x) = softcap*tanh(x/softcap)
+(y = x without softcap) and z = y / T:
+
+    loss = (1 - eps) w_t (LSE - z_t) + eps/C sum_c w_c (LSE - z_c) + z_loss LSE^2     class index t
+    loss = sum_c u_c (LSE - z_c) + z_loss LSE^2,   u_c = w_c ((1 - eps) q_c + eps/C)   probabilities q
+
+Forward is one pass over the row. Besides the online max m and normaliser d of the softmax
+(the running d is rescaled by exp((m_old - m_new) / T) when the max grows), it keeps, when
+smoothing or soft targets need it, U = sum_c u_c and S = sum_c u_c (m - y_c). Measuring S from
+the running max makes every term >= 0, so sum_c u_c (LSE - z_c) = U (LSE - m/T) + S/T has no
+cancellation even when the logits share a large offset; when the max grows by D, S grows by
+D * U. The loss of the target logit is likewise (m - y_t)/T + (LSE - m/T), two terms >= 0.
+
+Backward is one pass writing dx = g * (softmax(z) * k - u) * dz/dx, with k = sum_c u_c +
+2 z_loss LSE saved per row by forward (u_c = eps w_c/C + (1 - eps) w_t [c == t] for a class
+index), g the incoming gradient of the row and dz/dx = (1 - (y/softcap)^2) / T.
+
+Forward saves per row, in fp32: the max m and log_norm = LSE - m/T (LSE itself as that pair, so
+that softmax = exp((y - m)/T - log_norm) keeps its precision when the logits are large), and k.
+
+When rows are too few to fill the GPU, each row's columns are split over several programs:
+forward writes each range's (m, d, S, U) and a combine kernel merges them (the same rescaling
+as above) before finishing the row; backward needs no combine.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import (
+    INTERPRETED,
+    accumulator,
+    check_device,
+    check_float_tensor,
+    check_temperature,
+    launch_config,
+    row_layout,
+    row_offset,
+    split_count,
+)
+
+__all__ = ["cross_entropy", "CrossEntropyLoss"]
+
+REDUCTIONS = ("none", "mean", "sum")
+NEG_INF = float("-inf")
+
+
+@triton.jit
+def _tanh(v):
+    # tanh from exp (the interpreter has no libdevice): (1 - e) / (1 + e) with e = exp(-2|v|) <= 1.
+    e = tl.exp(-2.0 * tl.abs(v))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(v < 0, -t, t)
+
+
+@triton.jit
+def _capped(x, softcap, HAS_SOFTCAP: tl.constexpr):
+    if HAS_SOFTCAP:
+        return softcap * _tanh(x / softcap)
+    else:
+        return x
+
+
+@triton.jit
+def _guard(m):
+    """The max to measure from: m itself, or 0 while every logit seen is -inf."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _class_weights(cols, mask, q_row, q_stride_col, weight_ptr, smoothing, n_cols,
+                   SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
+    """u_c of the smoothing or soft-target term for a block of classes (0 off the row). For class
+    indices this is w_c alone: forward scales the sum by eps/C, backward the gradient term."""
+    if HAS_WEIGHT:
+        u = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(ACC)
+    else:
+        u = tl.where(mask, 1.0, 0.0).to(ACC)
+    if SOFT_TARGET:
+        q = tl.load(q_row + cols.to(tl.int64) * q_stride_col, mask=mask, other=0.0).to(ACC)
+        u = u * ((1.0 - smoothing) * q + smoothing / n_cols)
+    return u
+
+
+@triton.jit
+def _finish_row(row, m, d, S, U, x_row, x_stride_col, target_row, weight_ptr,
+                loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+                n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
+                SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                SMOOTH: tl.constexpr, ACC: tl.constexpr):
+    """Turn a row's (m, d, S, U) into its loss and what backward needs."""
+    shift = _guard(m)
+    log_norm = (m - shift) * inv_temperature + tl.log(d)  # LSE - shift/T
+    lse = shift * inv_temperature + log_norm
+    if SOFT_TARGET:
+        loss = U * log_norm + S * inv_temperature
+        coef = U
+        kept = True
+        valid = True
+        denom = 1.0
+    else:
+        t = tl.load(target_row).to(tl.int64)
+        kept = t != ignore_index
+        valid = (t >= 0) & (t < n_cols)
+        t_safe = tl.where(valid, t, 0)
+        y_t = _capped(tl.load(x_row + t_safe * x_stride_col).to(ACC), softcap, HAS_SOFTCAP)
+        if HAS_WEIGHT:
+            w_t = tl.load(weight_ptr + t_safe).to(ACC)
+        else:
+            w_t = 1.0
+        loss = ((1.0 - smoothing) * w_t * ((shift - y_t) * inv_temperature + log_norm)).to(ACC)
+        coef = ((1.0 - smoothing) * w_t).to(ACC)
+        if SMOOTH:
+            loss += smoothing / n_cols * (U * log_norm + S * inv_temperature)
+            coef += smoothing / n_cols * U
+        denom = tl.where(kept, w_t, 0.0)
+    if z_loss != 0.0:
+        loss += z_loss * lse * lse
+        coef += 2.0 * z_loss * lse
+    # An ignored row adds nothing; a target outside [0, C) must never look like a real loss.
+    loss = tl.where(kept, tl.where(valid, loss, float("nan")), 0.0)
+    coef = tl.where(kept, tl.where(valid, coef, float("nan")), 0.0)
+    tl.store(loss_ptr + row, loss)
+    tl.store(row_max_ptr + row, shift)
+    tl.store(log_norm_ptr + row, log_norm)
+    tl.store(coef_ptr + row, coef)
+    tl.store(denom_ptr + row, denom)
+
+
+@triton.jit
+def cross_entropy_forward_kernel(
+    x_ptr, x_stride_outer, x_stride_inner, x_stride_col,
+    target_ptr, target_stride_outer, target_stride_inner, target_stride_col,
+    weight_ptr, partial_ptr,
+    loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+    n_cols, n_inner, cols_per_split,
+    ignore_index, inv_temperature, softcap, z_loss, smoothing,
+    SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    SMOOTH: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
+    target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
+    col_start = split * cols_per_split
+    col_end = tl.minimum(col_start + cols_per_split, n_cols)
+
+    m = tl.full((), float("-inf"), ACC)
+    d = tl.zeros((), ACC)
+    S = tl.zeros((), ACC)
+    U = tl.zeros((), ACC)
+    for start in range(col_start, col_end, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < col_end
+        x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
+        y = tl.where(mask, _capped(x, softcap, HAS_SOFTCAP), float("-inf"))
+        m_new = tl.maximum(m, tl.max(y, 0))
+        shift_new = _guard(m_new)
+        d = d * tl.exp((m - shift_new) * inv_temperature) + tl.sum(tl.exp((y - shift_new) * inv_temperature), 0)
+        if SMOOTH:
+            u = _class_weights(cols, mask, target_row, target_stride_col, weight_ptr, smoothing, n_cols,
+                               SOFT_TARGET, HAS_WEIGHT, ACC)
+            # Re-measure what was summed from the new max, then add this block (u = 0 adds 0,
+            # even against a -inf logit).
+            S = S + (shift_new - _guard(m)) * U + tl.sum(tl.where(u != 0.0, u * (shift_new - y), 0.0), 0)
+            U += tl.sum(u, 0)
+        m = m_new
+
+    if SPLIT:
+        partial = partial_ptr + (row.to(tl.int64) * tl.num_programs(1) + split) * 4
+        tl.store(partial, m)
+        tl.store(partial + 1, d)
+        tl.store(partial + 2, S)
+        tl.store(partial + 3, U)
+    else:
+        _finish_row(row, m, d, S, U, x_row, x_stride_col, target_row, weight_ptr,
+                    loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+                    n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
+                    SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, ACC)
+
+
+@triton.jit
+def cross_entropy_combine_kernel(
+    x_ptr, x_stride_outer, x_stride_inner, x_stride_col,
+    target_ptr, target_stride_outer, target_stride_inner,
+    weight_ptr, partial_ptr,
+    loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+    n_cols, n_inner, n_splits,
+    ignore_index, inv_temperature, softcap, z_loss, smoothing,
+    SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    SMOOTH: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
+):
+    """Merge the (m, d, S, U) of a row's column ranges, then finish the row."""
+    row = tl.program_id(0)
+    i = tl.arange(0, SPLITS_BLOCK)
+    mask = i < n_splits
+    partial = partial_ptr + (row.to(tl.int64) * n_splits + i) * 4
+    m_i = tl.load(partial, mask=mask, other=float("-inf"))
+    d_i = tl.load(partial + 1, mask=mask, other=0.0)
+    S_i = tl.load(partial + 2, mask=mask, other=0.0)
+    U_i = tl.load(partial + 3, mask=mask, other=0.0)
+    m = tl.max(m_i, 0)
+    shift = _guard(m)
+    d = tl.sum(d_i * tl.exp((m_i - shift) * inv_temperature), 0)
+    S = tl.sum(S_i + (shift - _guard(m_i)) * U_i, 0)
+    U = tl.sum(U_i, 0)
+    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
+    target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
+    _finish_row(row, m, d, S, U, x_row, x_stride_col, target_row, weight_ptr,
+                loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+                n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
+                SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, ACC)
+
+
+@triton.jit
+def cross_entropy_backward_kernel(
+    x_ptr, x_stride_outer, x_stride_inner, x_stride_col,
+    target_ptr, target_stride_outer, target_stride_inner, target_stride_col,
+    weight_ptr,
+    grad_ptr, grad_stride_outer, grad_stride_inner,
+    dx_ptr, dx_stride_outer, dx_stride_inner, dx_stride_col,
+    row_max_ptr, log_norm_ptr, coef_ptr,
+    n_cols, n_inner, cols_per_split,
+    ignore_index, inv_temperature, softcap, smoothing,
+    SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    SMOOTH: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+):
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
+    dx_row = dx_ptr + row_offset(row, n_inner, dx_stride_outer, dx_stride_inner)
+    target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
+    g = tl.load(grad_ptr + row_offset(row, n_inner, grad_stride_outer, grad_stride_inner)).to(ACC)
+    shift = tl.load(row_max_ptr + row)
+    log_norm = tl.load(log_norm_ptr + row)
+    coef = tl.load(coef_ptr + row)
+    scale = g * inv_temperature
+    if not SOFT_TARGET:
+        t = tl.load(target_row).to(tl.int64)
+        kept = (t != ignore_index) & (t >= 0) & (t < n_cols)
+        if HAS_WEIGHT:
+            w_t = tl.load(weight_ptr + tl.where(kept, t, 0)).to(ACC)
+        else:
+            w_t = 1.0
+        target_weight = tl.where(kept, (1.0 - smoothing) * w_t, 0.0)
+        smooth_scale = tl.where(t != ignore_index, smoothing / n_cols, 0.0)
+
+    col_start = split * cols_per_split
+    col_end = tl.minimum(col_start + cols_per_split, n_cols)
+    for start in range(col_start, col_end, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = cols < col_end
+        x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
+        y = _capped(x, softcap, HAS_SOFTCAP)
+        p = tl.exp((y - shift) * inv_temperature - log_norm)
+        if SOFT_TARGET:
+            u = _class_weights(cols, mask, target_row, target_stride_col, weight_ptr, smoothing, n_cols,
+                               SOFT_TARGET, HAS_WEIGHT, ACC)
+        else:
+            u = tl.where(cols == t, target_weight, 0.0)
+            if SMOOTH:
+                u += smooth_scale * _class_weights(cols, mask, target_row, target_stride_col, weight_ptr,
+                                                   smoothing, n_cols, SOFT_TARGET, HAS_WEIGHT, ACC)
+        grad = p * coef - u
+        if HAS_SOFTCAP:
+            grad = grad * (1.0 - (y / softcap) * (y / softcap))
+        tl.store(dx_row + cols.to(tl.int64) * dx_stride_col, (grad * scale).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _row_views(x, per_row: dict, per_class: dict):
+    """The row layout shared by the logits x (classes on dim 1) and named companions: per-row
+    tensors (shaped like x without dim 1) are seen through a stride-0 class dim, per-class ones
+    (shaped like x) as they are. Returns (layout, x, tensors, strides), tensors and strides by
+    name; everything is made contiguous only when the strides cannot share one layout."""
+    names = list(per_row) + list(per_class)
+
+    def views(tensors):
+        return [tensors[n].unsqueeze(1).expand(x.shape) if n in per_row else tensors[n] for n in names]
+
+    tensors = {**per_row, **per_class}
+    layout = row_layout(1, x, *views(tensors))
+    if layout is None:
+        x = x.contiguous()
+        tensors = {n: t.contiguous() for n, t in tensors.items()}
+        layout = row_layout(1, x, *views(tensors))
+    strides = dict(zip(["x"] + names, layout.strides))
+    return layout, x, tensors, strides
+
+
+def _as_rows(input, target):
+    """(N, C, ...) logits and their target; a single row (C,) becomes (1, C)."""
+    if input.dim() == 1:
+        return input.unsqueeze(0), target.unsqueeze(0)
+    return input, target
+
+
+class CrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, smoothing, inv_temperature, z_loss, softcap,
+                inplace_backward):
+        x, target_rows = _as_rows(input, target)
+        soft = target.is_floating_point()
+        n_cols = x.shape[1]
+        layout, x, tensors, strides = _row_views(x, {} if soft else {"target": target_rows},
+                                                 {"target": target_rows} if soft else {})
+        row_shape = x.shape[:1] + x.shape[2:]
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        loss_rows, row_max, log_norm, coef, denom = (torch.empty(row_shape, dtype=acc, device=x.device) for _ in range(5))
+
+        # One pass that never holds a whole row: blocks of at most CHUNK elements (fewer when the
+        # per-class weights u are held beside the logits).
+        cfg = launch_config(n_cols, x.dtype, rows_held=2 if soft or weight is not None else 1, stream=True)
+        n_splits = split_count(layout.n_rows, n_cols, cfg.block, x.device)
+        cols_per_split = triton.cdiv(triton.cdiv(n_cols, n_splits), cfg.block) * cfg.block
+        n_splits = triton.cdiv(n_cols, cols_per_split)
+        partial = torch.empty((layout.n_rows, n_splits, 4) if n_splits > 1 else 1, dtype=acc, device=x.device)
+        flags = dict(SOFT_TARGET=soft, HAS_WEIGHT=weight is not None, HAS_SOFTCAP=softcap is not None,
+                     SMOOTH=soft or smoothing > 0, ACC=accumulator(x.dtype))
+        scalars = (ignore_index, inv_temperature, softcap or 1.0, z_loss, smoothing)
+        row_outputs = (loss_rows, row_max, log_norm, coef, denom)
+        weight_arg = weight if weight is not None else loss_rows  # not read without HAS_WEIGHT
+        if layout.n_rows:
+            cross_entropy_forward_kernel[(layout.n_rows, n_splits)](
+                x, *strides["x"], tensors["target"], *strides["target"], weight_arg, partial, *row_outputs,
+                n_cols, layout.n_inner, cols_per_split, *scalars,
+                **flags, SPLIT=n_splits > 1, BLOCK=cfg.block, num_warps=cfg.num_warps,
+            )
+            if n_splits > 1:
+                cross_entropy_combine_kernel[(layout.n_rows,)](
+                    x, *strides["x"], tensors["target"], *strides["target"][:2], weight_arg, partial, *row_outputs,
+                    n_cols, layout.n_inner, n_splits, *scalars,
+                    **flags, SPLITS_BLOCK=triton.next_power_of_2(n_splits), num_warps=1,
+                )
+
+        if reduction == "none":
+            loss = loss_rows.reshape(input.shape[:1] + input.shape[2:] if input.dim() > 1 else ())
+            total = None
+        elif reduction == "sum":
+            loss, total = loss_rows.sum(), None
+        else:
+            total = denom.sum()  # summed weights of the rows kept (their count without weights)
+            loss = loss_rows.sum() / total
+        ctx.save_for_backward(input, target, weight, row_max, log_norm, coef, total)
+        ctx.options = dict(ignore_index=ignore_index, reduction=reduction, smoothing=smoothing,
+                           inv_temperature=inv_temperature, softcap=softcap, inplace=inplace_backward,
+                           block=cfg.block, num_warps=cfg.num_warps, n_splits=n_splits, cols_per_split=cols_per_split)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        # Unpacking checks the saved tensors' versions: after an in-place backward the logits
+        # hold their gradient, and a second backward (retain_graph) fails here.
+        input, target, weight, row_max, log_norm, coef, total = ctx.saved_tensors
+        o = ctx.options
+        soft = target.is_floating_point()
+        x, target_rows = _as_rows(input, target)
+        row_shape = x.shape[:1] + x.shape[2:]
+        if o["reduction"] == "mean":
+            # No row kept (total 0): every row's gradient is 0, as torch's, not 0 * inf.
+            grad_loss = torch.where(total != 0, grad_loss / total, torch.zeros_like(grad_loss))
+        grad_rows = grad_loss.reshape(row_shape) if o["reduction"] == "none" else grad_loss.expand(row_shape)
+
+        grad_target = None
+        if soft and ctx.needs_input_grad[1]:
+            grad_target = _soft_target_grad(x, weight, row_max, log_norm, grad_rows, o).to(target.dtype).reshape(target.shape)
+
+        dx = x if o["inplace"] else torch.empty_like(x)
+        per_row = {"grad": grad_rows} if soft else {"grad": grad_rows, "target": target_rows}
+        per_class = {"target": target_rows, "dx": dx} if soft else {"dx": dx}
+        layout, xs, tensors, strides = _row_views(x, per_row, per_class)
+        n_cols = x.shape[1]
+        if layout.n_rows and n_cols:
+            cross_entropy_backward_kernel[(layout.n_rows, o["n_splits"])](
+                xs, *strides["x"], tensors["target"], *strides["target"],
+                weight if weight is not None else row_max,
+                tensors["grad"], *strides["grad"][:2],
+                tensors["dx"], *strides["dx"],
+                row_max, log_norm, coef,
+                n_cols, layout.n_inner, o["cols_per_split"],
+                o["ignore_index"], o["inv_temperature"], o["softcap"] or 1.0, o["smoothing"],
+                SOFT_TARGET=soft, HAS_WEIGHT=weight is not None, HAS_SOFTCAP=o["softcap"] is not None,
+                SMOOTH=soft or o["smoothing"] > 0, BLOCK=o["block"], ACC=accumulator(x.dtype), num_warps=o["num_warps"],
+            )
+        if tensors["dx"] is not dx:  # the strides forced a contiguous copy
+            dx.copy_(tensors["dx"])
+        if o["inplace"]:
+            # The logits now hold their gradient: any other use of them in the graph must fail
+            # loudly (saved-tensor version check), never read the gradient as logits.
+            torch.autograd.graph.increment_version(input)
+        return dx.reshape(input.shape), grad_target, None, None, None, None, None, None, None, None
+
+
+def _soft_target_grad(x, weight, row_max, log_norm, grad_rows, o):
+    """d loss / d q_c = g (1 - eps) w_c (LSE - z_c), in torch ops (a rarely used path)."""
+    y = x.to(row_max.dtype)
+    if o["softcap"] is not None:
+        y = o["softcap"] * torch.tanh(y / o["softcap"])
+    lse = row_max.unsqueeze(1) * o["inv_temperature"] + log_norm.unsqueeze(1)
+    w = 1.0 if weight is None else weight.to(y.dtype).reshape([-1 if i == 1 else 1 for i in range(x.dim())])
+    return grad_rows.unsqueeze(1).to(y.dtype) * (1.0 - o["smoothing"]) * w * (lse - y * o["inv_temperature"])
+
+
+def _check_number(fn, name, value, low, low_inclusive=True, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (value == low and not low_inclusive):
+        bound = f">= {low}" if low_inclusive else f"> {low}"
+        raise ValueError(f"{fn}: {name} must be finite and {bound}, got {value}")
+    return value
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+                  temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False):
+    """Cross-entropy between logits and targets, like torch.nn.functional.cross_entropy.
+
+    input: (N, C), (C,) or (N, C, d1, ...) logits, classes on dim 1. target: class indices of shape
+    (N,), () or (N, d1, ...) (any integer dtype), or class probabilities shaped like input.
+    weight, ignore_index, reduction, label_smoothing: torch's meaning. Beyond torch:
+    temperature (logits / T), z_loss (adds z_loss * LSE**2 per row kept), softcap (logits ->
+    softcap * tanh(logits / softcap), applied before the temperature), inplace_backward (the
+    gradient overwrites the logits' storage; autograd raises if anything else still needs them).
+
+    The loss is float32 whatever the logits dtype (float64 for float64 logits), where torch
+    rounds it to the logits dtype; the gradient has the logits' dtype.
+    """
+    fn = "softlight.cross_entropy"
+    check_float_tensor(fn, "input", input)
+    check_device(fn, "input", input)
+    if input.dim() == 0:
+        raise ValueError(f"{fn}: input must have a class dimension, got a 0-d tensor")
+    n_classes = input.shape[1] if input.dim() > 1 else input.shape[0]
+    if n_classes == 0:
+        raise ValueError(f"{fn}: input has no classes (dim {1 if input.dim() > 1 else 0} is empty)")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
+    if target.device != input.device:
+        raise RuntimeError(f"{fn}: target is on {target.device} but input is on {input.device}")
+    row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size()
+    if target.is_floating_point():
+        if target.shape != input.shape:
+            raise ValueError(f"{fn}: class-probability target must have the input's shape {tuple(input.shape)}, "
+                             f"got {tuple(target.shape)}")
+        if target.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise TypeError(f"{fn}: class-probability target must be float16, bfloat16, float32 or float64, got {target.dtype}")
+    else:
+        if target.dtype == torch.bool or target.is_complex():
+            raise TypeError(f"{fn}: target must hold class indices (an integer dtype) or class probabilities "
+                            f"(a floating dtype), got {target.dtype}")
+        if target.shape != row_shape:
+            raise ValueError(f"{fn}: class-index target must have shape {tuple(row_shape)} for input of shape "
+                             f"{tuple(input.shape)}, got {tuple(target.shape)}")
+    if weight is not None:
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            raise TypeError(f"{fn}: weight must be a floating-point tensor, got "
+                            f"{weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__}")
+        if weight.shape != (n_classes,):
+            raise ValueError(f"{fn}: weight must have shape ({n_classes},), one per class, got {tuple(weight.shape)}")
+        if weight.device != input.device:
+            raise RuntimeError(f"{fn}: weight is on {weight.device} but input is on {input.device}")
+        if weight.requires_grad:
+            raise NotImplementedError(f"{fn}: the gradient with respect to weight is not implemented (nor in torch)")
+        weight = weight.contiguous()
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"{fn}: ignore_index must be an int, got {type(ignore_index).__name__}")
+    smoothing = _check_number(fn, "label_smoothing", label_smoothing, 0.0)
+    if smoothing > 1.0:
+        raise ValueError(f"{fn}: label_smoothing must be between 0.0 and 1.0, got {smoothing}")
+    temperature = check_temperature(fn, temperature)
+    z_loss = _check_number(fn, "z_loss", z_loss, 0.0)
+    softcap = _check_number(fn, "softcap", softcap, 0.0, low_inclusive=False, allow_none=True)
+    if inplace_backward and input.requires_grad and input.is_leaf:
+        raise ValueError(f"{fn}: inplace_backward=True would overwrite a leaf tensor's values with its gradient; "
+                         "use it on logits computed by an op, or leave it False")
+    if not target.is_floating_point() and (INTERPRETED or input.device.type == "cpu"):
+        # Checking costs nothing here (no GPU to synchronise with); on a GPU such rows give NaN.
+        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+        if bool(bad.any()):
+            raise IndexError(f"Target {int(target[bad].flatten()[0])} is out of bounds.")
+    return CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction, smoothing, 1.0 / temperature,
+                                      z_loss, softcap, bool(inplace_backward))
+
+
+class CrossEntropyLoss(torch.nn.Module):
+    """Drop-in for torch.nn.CrossEntropyLoss, with softlight's extra options."""
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+                 temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.temperature, self.z_loss, self.softcap, self.inplace_backward = temperature, z_loss, softcap, inplace_backward
+
+    def forward(self, input, target):
+        return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+                             temperature=self.temperature, z_loss=self.z_loss, softcap=self.softcap,
+                             inplace_backward=self.inplace_backward)

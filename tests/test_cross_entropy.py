@@ -1,0 +1,333 @@
+"""softlight.cross_entropy against the float64 reference, against torch, and its in-place mode."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import softlight
+from softlight import launch
+from softlight import reference as ref
+from support import DTYPES, assert_close, to_numpy
+from test_reference_cross_entropy import torch_cross_entropy
+
+LOSS_TOLERANCE = 1e-5  # the loss is fp32 and within this of float64, whatever the logits dtype
+
+
+def make_inputs(shape, dtype, device, soft=False, ignore_every=0, ignore_index=-100, scale=3.0, weight=False):
+    x = (torch.randn(shape, device=device) * scale).to(dtype)
+    c = shape[0] if len(shape) == 1 else shape[1]
+    if soft:
+        target = torch.softmax(torch.randn(shape, device=device) * 2, dim=0 if len(shape) == 1 else 1)
+    else:
+        target = torch.randint(0, c, shape[:1] + shape[2:] if len(shape) > 1 else (), device=device)
+        if ignore_every:
+            target.view(-1)[::ignore_every] = ignore_index
+    w = torch.rand(c, device=device) + 0.1 if weight else None
+    return x, target, w
+
+
+def check_against_reference(x, target, weight=None, grad_scale=None, **opts):
+    """Loss within LOSS_TOLERANCE of the float64 reference on the same (rounded) logits, the
+    gradient within the logits dtype's tolerance; returns (loss, grad)."""
+    xg = x.detach().clone().requires_grad_()
+    loss = softlight.cross_entropy(xg, target, weight, **opts)
+    assert loss.dtype == torch.float32
+    w = None if weight is None else to_numpy(weight)
+    t = to_numpy(target) if target.is_floating_point() else target.cpu().numpy()
+    expected = ref.cross_entropy(to_numpy(x), t, w, **opts)
+    err = ref.relative_error(to_numpy(loss), expected)
+    assert err <= LOSS_TOLERANCE, f"loss relative error {err:.2e}"
+    # Incoming gradients of magnitude 0.5 to 2: a tiny one would push an fp16 gradient into the
+    # subnormal range, where even the correctly rounded result misses the tolerance.
+    sign = torch.randint(0, 2, loss.shape, device=loss.device) * 2 - 1
+    grad_out = sign * torch.empty_like(loss).uniform_(0.5, 2.0) if grad_scale is None else torch.full_like(loss, grad_scale)
+    loss.backward(grad_out)
+    assert xg.grad.dtype == x.dtype and xg.grad.shape == x.shape
+    expected_grad = ref.cross_entropy_backward(to_numpy(x), t, to_numpy(grad_out), w, **opts)
+    assert_close(xg.grad, expected_grad, what="gradient")
+    return loss, xg.grad
+
+
+COMBINATIONS = [
+    dict(),
+    dict(reduction="sum"),
+    dict(reduction="none"),
+    dict(weight=True, label_smoothing=0.1),
+    dict(weight=True, reduction="none", ignore_every=2),
+    dict(label_smoothing=0.25, ignore_every=3),
+    dict(z_loss=1e-3, softcap=15.0),
+    dict(temperature=0.7, z_loss=1e-4, label_smoothing=0.1, weight=True, reduction="sum"),
+    dict(softcap=4.0, temperature=1.5, reduction="none", ignore_every=4),
+    dict(soft=True),
+    dict(soft=True, label_smoothing=0.2, weight=True),
+    dict(soft=True, z_loss=1e-3, softcap=10.0, reduction="none"),
+]
+
+
+def split_options(combo):
+    make = {k: combo[k] for k in ("soft", "ignore_every", "weight") if k in combo}
+    opts = {k: v for k, v in combo.items() if k not in make}
+    return make, opts
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_options_against_reference(combo, dtype, device):
+    make, opts = split_options(combo)
+    x, target, w = make_inputs((16, 1000), dtype, device, **make)
+    check_against_reference(x, target, w, **opts)
+
+
+@pytest.mark.parametrize("n_classes", [2, 5, 3001, 50257, 131072, 262144])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vocabulary_sizes(n_classes, dtype, device):
+    rows = 8 if n_classes < 10000 else 2
+    x, target, _ = make_inputs((rows, n_classes), dtype, device)
+    check_against_reference(x, target, label_smoothing=0.1, z_loss=1e-4)
+
+
+@pytest.mark.parametrize("combo", [dict(), dict(label_smoothing=0.1, weight=True, z_loss=1e-3),
+                                   dict(soft=True, softcap=8.0), dict(reduction="none", ignore_every=2)])
+def test_split_rows(combo, monkeypatch, device):
+    """Few rows: each row's vocabulary is split across programs and the partials combined."""
+    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 64)
+    n_classes = 50257
+    cfg = launch.launch_config(n_classes, stream=True)
+    assert launch.split_count(3, n_classes, cfg.block, torch.device(device)) > 1
+    make, opts = split_options(combo)
+    x, target, w = make_inputs((3, n_classes), torch.bfloat16, device, **make)
+    check_against_reference(x, target, w, **opts)
+
+
+def test_split_rows_with_a_block_per_split(monkeypatch, device):
+    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 1000)
+    monkeypatch.setattr(launch, "CHUNK", 64)
+    monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", 64)
+    x, target, _ = make_inputs((2, 1000), torch.float32, device)
+    x[0, :500] = float("-inf")  # whole splits that are all -inf must combine cleanly
+    target[0] = 700
+    check_against_reference(x, target, label_smoothing=0.0, z_loss=1e-3)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("shape", [(7,), (4, 9, 3), (2, 11, 3, 2)])
+def test_input_shapes(shape, soft, device):
+    x, target, _ = make_inputs(shape, torch.float32, device, soft=soft)
+    loss, _ = check_against_reference(x, target, reduction="none")
+    assert loss.shape == (shape[:1] + shape[2:] if len(shape) > 1 else ())
+    check_against_reference(x, target, label_smoothing=0.1)
+
+
+def test_strided_logits_and_targets(device):
+    base = torch.randn(40, 6, 300, device=device)
+    x = base.transpose(1, 2)[::2]  # (20, 300, 6): classes on dim 1 with stride 1... of 6
+    target = torch.randint(0, 300, (6, 20), device=device).t()
+    check_against_reference(x, target, label_smoothing=0.1, reduction="none")
+    x2 = base[:, 2, ::2]  # rows of 150 classes with column stride 2
+    check_against_reference(x2, torch.randint(0, 150, (40,), device=device), weight=torch.rand(150, device=device))
+    soft = torch.softmax(torch.randn(300, 20, 6, device=device), 0).permute(1, 0, 2)
+    check_against_reference(x, soft, label_smoothing=0.2)
+
+
+def test_int32_and_uint8_targets(device):
+    x, target, _ = make_inputs((6, 50), torch.float32, device)
+    expected = softlight.cross_entropy(x, target)
+    assert softlight.cross_entropy(x, target.int()) == expected
+    assert softlight.cross_entropy(x, target.to(torch.uint8)) == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matches_torch(dtype, device):
+    x, target, w = make_inputs((32, 513), dtype, device, ignore_every=5, weight=True)
+    for opts in (dict(), dict(weight=w, label_smoothing=0.1), dict(reduction="none")):
+        xs, xt = x.clone().requires_grad_(), x.clone().float().requires_grad_()
+        ours = softlight.cross_entropy(xs, target, **opts)
+        theirs = F.cross_entropy(xt, target, **opts)
+        assert_close(ours, to_numpy(theirs), dtype=torch.float32 if dtype == torch.float32 else dtype)
+        g = torch.randn_like(ours)
+        ours.backward(g)
+        theirs.backward(g)
+        assert_close(xs.grad, to_numpy(xt.grad))
+
+
+def test_extras_match_torch_composition(device):
+    x, target, w = make_inputs((12, 300), torch.float32, device, ignore_every=4, weight=True)
+    opts = dict(weight=w, label_smoothing=0.1, temperature=0.8, z_loss=1e-3, softcap=6.0)
+    xs, xt = x.clone().requires_grad_(), x.clone().double().requires_grad_()
+    ours = softlight.cross_entropy(xs, target, **opts)
+    theirs = torch_cross_entropy(xt, target, **{**opts, "weight": w.double()})
+    assert ref.relative_error(to_numpy(ours), to_numpy(theirs)) < LOSS_TOLERANCE
+    ours.backward()
+    theirs.backward()
+    assert_close(xs.grad, to_numpy(xt.grad))
+
+
+def test_non_finite_cases_match_torch(device):
+    inf = float("inf")
+    x = torch.tensor([[0.0, -inf, 1.0, 2.0], [-inf] * 4, [1.0, 2.0, 3.0, 4.0], [-inf] * 4], device=device)
+    target = torch.tensor([1, 0, 2, -100], device=device)
+    xs, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = softlight.cross_entropy(xs, target, reduction="none")
+    theirs = F.cross_entropy(xt, target, reduction="none")
+    torch.testing.assert_close(ours, theirs, equal_nan=True)  # [inf, nan, finite, 0]
+    assert ours[0] == inf and torch.isnan(ours[1]) and ours[3] == 0
+    ours.backward(torch.ones(4, device=device))
+    theirs.backward(torch.ones(4, device=device))
+    torch.testing.assert_close(xs.grad[1:], xt.grad[1:], equal_nan=True)  # NaN rows, as torch
+
+
+def test_all_ignored_batches(device):
+    x = torch.randn(4, 10, device=device, requires_grad=True)
+    target = torch.full((4,), -100, device=device)
+    loss = softlight.cross_entropy(x, target)
+    assert torch.isnan(loss)  # mean over no kept row, as torch
+    loss.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    assert softlight.cross_entropy(x, target, reduction="sum") == 0
+    w = torch.rand(10, device=device)
+    assert torch.isnan(softlight.cross_entropy(x, target, w, label_smoothing=0.1))
+
+
+def test_empty_batch(device):
+    x = torch.empty(0, 7, device=device, requires_grad=True)
+    target = torch.empty(0, dtype=torch.long, device=device)
+    assert torch.isnan(softlight.cross_entropy(x, target))
+    loss = softlight.cross_entropy(x, target, reduction="sum")
+    assert loss == 0
+    loss.backward()
+    assert x.grad.shape == (0, 7)
+
+
+def test_gradcheck_float64(device):
+    x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    target = torch.tensor([0, 5, -100, 2], device=device)
+    w = torch.rand(6, dtype=torch.float64, device=device)
+    for opts in (dict(), dict(weight=w, label_smoothing=0.2, z_loss=1e-2, softcap=2.0, temperature=0.7),
+                 dict(reduction="none", z_loss=0.1)):
+        assert torch.autograd.gradcheck(lambda t: softlight.cross_entropy(t, target, **opts), (x,))
+    q = torch.softmax(torch.randn(4, 6, dtype=torch.float64, device=device), 1).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t, p: softlight.cross_entropy(t, p, w, label_smoothing=0.1, reduction="none"), (x, q))
+
+
+def test_module(device):
+    x, target, w = make_inputs((5, 20), torch.float32, device, weight=True)
+    module = softlight.CrossEntropyLoss(weight=w, label_smoothing=0.1, z_loss=1e-3)
+    assert module(x, target) == softlight.cross_entropy(x, target, w, label_smoothing=0.1, z_loss=1e-3)
+    torch.testing.assert_close(softlight.CrossEntropyLoss(w)(x, target), torch.nn.CrossEntropyLoss(w)(x, target))
+
+
+# ---------------------------------------------------------------------------------------------
+# inplace_backward
+
+
+def logits_from(leaf):
+    return leaf * 1.0  # produced by an op, as logits are in a model
+
+
+def test_inplace_gives_the_same_gradient_in_the_logits_storage(device):
+    h = torch.randn(6, 300, device=device, requires_grad=True)
+    target = torch.randint(0, 300, (6,), device=device)
+    expected = torch.autograd.grad(softlight.cross_entropy(logits_from(h), target, label_smoothing=0.1), h)[0]
+    logits = logits_from(h)
+    loss = softlight.cross_entropy(logits, target, label_smoothing=0.1, inplace_backward=True)
+    loss.backward()
+    torch.testing.assert_close(h.grad, expected)
+    torch.testing.assert_close(logits.detach(), expected)  # the storage now holds the gradient
+
+
+def test_out_of_place_by_default_leaves_logits_alone(device):
+    h = torch.randn(6, 30, device=device, requires_grad=True)
+    logits = logits_from(h)
+    before = logits.detach().clone()
+    softlight.cross_entropy(logits, torch.randint(0, 30, (6,), device=device)).backward()
+    assert torch.equal(logits.detach(), before)
+
+
+def test_inplace_raises_when_graph_is_kept(device):
+    h = torch.randn(4, 30, device=device, requires_grad=True)
+    loss = softlight.cross_entropy(logits_from(h), torch.randint(0, 30, (4,), device=device), inplace_backward=True)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_inplace_raises_when_another_op_still_needs_the_logits(device):
+    h = torch.randn(4, 30, device=device, requires_grad=True)
+    target = torch.randint(0, 30, (4,), device=device)
+    logits = logits_from(h)
+    other = (logits * logits).sum()  # saves the logits; its backward runs after cross-entropy's
+    loss = softlight.cross_entropy(logits, target, inplace_backward=True) + other
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_inplace_is_right_when_the_other_op_has_run_first(device):
+    h = torch.randn(4, 30, device=device, requires_grad=True)
+    target = torch.randint(0, 30, (4,), device=device)
+
+    def total(inplace):
+        logits = logits_from(h)
+        ce = softlight.cross_entropy(logits, target, inplace_backward=inplace)
+        return ce + (logits * logits).sum()  # created after: its backward runs first
+
+    expected = torch.autograd.grad(total(False), h)[0]
+    torch.testing.assert_close(torch.autograd.grad(total(True), h)[0], expected)
+
+
+def test_inplace_refuses_a_leaf(device):
+    x = torch.randn(3, 5, device=device, requires_grad=True)
+    with pytest.raises(ValueError, match="inplace_backward"):
+        softlight.cross_entropy(x, torch.tensor([0, 1, 2], device=device), inplace_backward=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_input_is_rejected(device):
+    x = torch.randn(4, 5, device=device)
+    t = torch.tensor([0, 1, 2, 3], device=device)
+    ce = softlight.cross_entropy
+    cases = [
+        (TypeError, "input must be a floating-point", lambda: ce(torch.ones(4, 5, dtype=torch.long, device=device), t)),
+        (ValueError, "0-d", lambda: ce(torch.tensor(1.0, device=device), t)),
+        (TypeError, "target must hold class indices", lambda: ce(x, t.bool())),
+        (TypeError, "target must be a torch.Tensor", lambda: ce(x, [0, 1, 2, 3])),
+        (ValueError, "class-index target must have shape", lambda: ce(x, t[:3])),
+        (ValueError, "class-probability target must have the input's shape", lambda: ce(x, torch.rand(4, 6, device=device))),
+        (IndexError, "Target 5 is out of bounds", lambda: ce(x, torch.tensor([0, 5, 1, 2], device=device))),
+        (IndexError, "Target -2 is out of bounds", lambda: ce(x, torch.tensor([0, -2, 1, 2], device=device))),
+        (ValueError, "reduction", lambda: ce(x, t, reduction="avg")),
+        (ValueError, "label_smoothing", lambda: ce(x, t, label_smoothing=1.5)),
+        (ValueError, "label_smoothing", lambda: ce(x, t, label_smoothing=-0.1)),
+        (ValueError, "temperature", lambda: ce(x, t, temperature=0.0)),
+        (ValueError, "temperature", lambda: ce(x, t, temperature=float("nan"))),
+        (ValueError, "softcap", lambda: ce(x, t, softcap=0.0)),
+        (ValueError, "softcap", lambda: ce(x, t, softcap=-1.0)),
+        (ValueError, "z_loss", lambda: ce(x, t, z_loss=-1e-4)),
+        (ValueError, "z_loss", lambda: ce(x, t, z_loss=float("inf"))),
+        (ValueError, "weight must have shape", lambda: ce(x, t, torch.rand(4, device=device))),
+        (TypeError, "weight must be a floating-point", lambda: ce(x, t, torch.ones(5, dtype=torch.long, device=device))),
+        (TypeError, "ignore_index", lambda: ce(x, t, ignore_index=1.5)),
+        (ValueError, "no classes", lambda: ce(torch.randn(4, 0, device=device), t)),
+    ]
+    for exc, match, call in cases:
+        with pytest.raises(exc, match=match):
+            call()
+
+
+@pytest.mark.gpu
+def test_out_of_range_target_gives_nan_on_gpu():
+    x = torch.randn(4, 10, device="cuda", requires_grad=True)
+    loss = softlight.cross_entropy(x, torch.tensor([0, 10, 3, -5], device="cuda"), reduction="none")
+    assert torch.isnan(loss[1]) and torch.isnan(loss[3]) and torch.isfinite(loss[[0, 2]]).all()
+
+
+@pytest.mark.gpu
+def test_cross_entropy_offsets_past_2_31():
+    x = torch.randn(8200, 262144, device="cuda", dtype=torch.bfloat16)  # 2.15e9 elements
+    target = torch.randint(0, 262144, (8200,), device="cuda")
+    loss = softlight.cross_entropy(x, target, reduction="none")
+    torch.testing.assert_close(loss[-4:], F.cross_entropy(x[-4:].float(), target[-4:], reduction="none"))
