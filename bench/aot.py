@@ -145,8 +145,8 @@ def _cross_entropy_launches(launches):
                     launch_module.TARGET_PROGRAMS = 528 if split else 1  # 4 per SM on an H100
                     try:
                         with recording(fused_cross_entropy, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols, {name}"):
-                            fused_cross_entropy.CrossEntropyFunction.forward(
-                                ctx, x, target, weight, -100, "mean", smoothing, 1.0, 1e-4, softcap, False)
+                            opts = fused_cross_entropy.CrossEntropyOptions(-100, smoothing, 1.0, 1e-4, softcap)
+                            fused_cross_entropy.CrossEntropyFunction.forward(ctx, x, target, weight, "mean", opts, False)
                             fused_cross_entropy.CrossEntropyFunction.backward(ctx, torch.ones((), device="meta"))
                     finally:
                         launch_module.TARGET_PROGRAMS = saved

@@ -26,6 +26,8 @@ as above) before finishing the row; backward needs no combine.
 """
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -298,56 +300,126 @@ def _as_rows(input, target):
     return input, target
 
 
+@dataclass(frozen=True)
+class CrossEntropyOptions:
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    inv_temperature: float = 1.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+
+    def scalars(self):
+        return (self.ignore_index, self.inv_temperature, self.softcap or 1.0, self.z_loss, self.label_smoothing)
+
+
+class RowStats(NamedTuple):
+    """What forward leaves per row (fp32; fp64 for fp64 logits), shaped like the logits without
+    the class dim: the loss, and for backward the row max, log-normaliser and gradient
+    coefficient; denom is what the row adds to the denominator of a mean."""
+
+    loss: torch.Tensor
+    row_max: torch.Tensor
+    log_norm: torch.Tensor
+    coef: torch.Tensor
+    denom: torch.Tensor
+
+
+def _plan(n_rows, n_cols, dtype, holds_weights, device):
+    """Block size, warps and row splitting: (LaunchConfig, n_splits, cols_per_split)."""
+    # One pass that never holds a whole row: blocks of at most CHUNK elements (fewer when the
+    # per-class weights u are held beside the logits).
+    cfg = launch_config(n_cols, dtype, rows_held=2 if holds_weights else 1, stream=True)
+    n_splits = split_count(n_rows, n_cols, cfg.block, device)
+    cols_per_split = triton.cdiv(triton.cdiv(n_cols, n_splits), cfg.block) * cfg.block
+    return cfg, triton.cdiv(n_cols, cols_per_split), cols_per_split
+
+
+def _flags(x, target, weight, opts):
+    soft = target.is_floating_point()
+    return dict(SOFT_TARGET=soft, HAS_WEIGHT=weight is not None, HAS_SOFTCAP=opts.softcap is not None,
+                SMOOTH=soft or opts.label_smoothing > 0, ACC=accumulator(x.dtype))
+
+
+def forward_rows(x, target, weight, opts: CrossEntropyOptions) -> RowStats:
+    """Per-row loss and backward statistics of logits x (N, C, d1, ...) with classes on dim 1, for
+    class indices (N, d1, ...) or probabilities shaped like x. Launches forward (and combine)."""
+    soft = target.is_floating_point()
+    n_cols = x.shape[1]
+    layout, x, tensors, strides = _row_views(x, {} if soft else {"target": target}, {"target": target} if soft else {})
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    stats = RowStats(*(torch.empty(x.shape[:1] + x.shape[2:], dtype=acc, device=x.device) for _ in range(5)))
+    cfg, n_splits, cols_per_split = _plan(layout.n_rows, n_cols, x.dtype, soft or weight is not None, x.device)
+    if not layout.n_rows:
+        return stats
+    partial = torch.empty((layout.n_rows, n_splits, 4) if n_splits > 1 else 1, dtype=acc, device=x.device)
+    weight_arg = weight if weight is not None else stats.loss  # not read without HAS_WEIGHT
+    flags = _flags(x, target, weight, opts)
+    cross_entropy_forward_kernel[(layout.n_rows, n_splits)](
+        x, *strides["x"], tensors["target"], *strides["target"], weight_arg, partial, *stats,
+        n_cols, layout.n_inner, cols_per_split, *opts.scalars(),
+        **flags, SPLIT=n_splits > 1, BLOCK=cfg.block, num_warps=cfg.num_warps,
+    )
+    if n_splits > 1:
+        cross_entropy_combine_kernel[(layout.n_rows,)](
+            x, *strides["x"], tensors["target"], *strides["target"][:2], weight_arg, partial, *stats,
+            n_cols, layout.n_inner, n_splits, *opts.scalars(),
+            **flags, SPLITS_BLOCK=triton.next_power_of_2(n_splits), num_warps=1,
+        )
+    return stats
+
+
+def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats, grad_rows, out):
+    """Write d loss / d x into `out` (shaped like x; it may be x itself), given the incoming
+    gradient of each row's loss (`grad_rows`, shaped like the rows; broadcast views welcome)."""
+    soft = target.is_floating_point()
+    per_row = {"grad": grad_rows} if soft else {"grad": grad_rows, "target": target}
+    per_class = {"target": target, "dx": out} if soft else {"dx": out}
+    layout, xs, tensors, strides = _row_views(x, per_row, per_class)
+    n_cols = x.shape[1]
+    cfg, n_splits, cols_per_split = _plan(layout.n_rows, n_cols, x.dtype, soft or weight is not None, x.device)
+    if layout.n_rows and n_cols:
+        cross_entropy_backward_kernel[(layout.n_rows, n_splits)](
+            xs, *strides["x"], tensors["target"], *strides["target"],
+            weight if weight is not None else stats.row_max,  # not read without HAS_WEIGHT
+            tensors["grad"], *strides["grad"][:2],
+            tensors["dx"], *strides["dx"],
+            stats.row_max, stats.log_norm, stats.coef,
+            n_cols, layout.n_inner, cols_per_split,
+            opts.ignore_index, opts.inv_temperature, opts.softcap or 1.0, opts.label_smoothing,
+            **_flags(x, target, weight, opts), BLOCK=cfg.block, num_warps=cfg.num_warps,
+        )
+    if tensors["dx"] is not out:  # the strides forced a contiguous copy
+        out.copy_(tensors["dx"])
+
+
+def reduce_rows(stats: RowStats, reduction: str, row_shape):
+    """The loss as `reduction` says, and the mean's denominator (None otherwise)."""
+    if reduction == "none":
+        return stats.loss.reshape(row_shape), None
+    if reduction == "sum":
+        return stats.loss.sum(), None
+    total = stats.denom.sum()  # summed weights of the rows kept (their count without weights)
+    return stats.loss.sum() / total, total
+
+
+def rows_gradient(grad_loss, reduction, total, row_shape):
+    """The incoming gradient of each row's loss, from the gradient of the reduced loss."""
+    if reduction == "none":
+        return grad_loss.reshape(row_shape)
+    if reduction == "mean":
+        # No row kept (total 0): every row's gradient is 0, as torch's, not 0 * inf.
+        grad_loss = torch.where(total != 0, grad_loss / total, torch.zeros_like(grad_loss))
+    return grad_loss.expand(row_shape)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, target, weight, ignore_index, reduction, smoothing, inv_temperature, z_loss, softcap,
-                inplace_backward):
+    def forward(ctx, input, target, weight, reduction, opts, inplace_backward):
         x, target_rows = _as_rows(input, target)
-        soft = target.is_floating_point()
-        n_cols = x.shape[1]
-        layout, x, tensors, strides = _row_views(x, {} if soft else {"target": target_rows},
-                                                 {"target": target_rows} if soft else {})
-        row_shape = x.shape[:1] + x.shape[2:]
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        loss_rows, row_max, log_norm, coef, denom = (torch.empty(row_shape, dtype=acc, device=x.device) for _ in range(5))
-
-        # One pass that never holds a whole row: blocks of at most CHUNK elements (fewer when the
-        # per-class weights u are held beside the logits).
-        cfg = launch_config(n_cols, x.dtype, rows_held=2 if soft or weight is not None else 1, stream=True)
-        n_splits = split_count(layout.n_rows, n_cols, cfg.block, x.device)
-        cols_per_split = triton.cdiv(triton.cdiv(n_cols, n_splits), cfg.block) * cfg.block
-        n_splits = triton.cdiv(n_cols, cols_per_split)
-        partial = torch.empty((layout.n_rows, n_splits, 4) if n_splits > 1 else 1, dtype=acc, device=x.device)
-        flags = dict(SOFT_TARGET=soft, HAS_WEIGHT=weight is not None, HAS_SOFTCAP=softcap is not None,
-                     SMOOTH=soft or smoothing > 0, ACC=accumulator(x.dtype))
-        scalars = (ignore_index, inv_temperature, softcap or 1.0, z_loss, smoothing)
-        row_outputs = (loss_rows, row_max, log_norm, coef, denom)
-        weight_arg = weight if weight is not None else loss_rows  # not read without HAS_WEIGHT
-        if layout.n_rows:
-            cross_entropy_forward_kernel[(layout.n_rows, n_splits)](
-                x, *strides["x"], tensors["target"], *strides["target"], weight_arg, partial, *row_outputs,
-                n_cols, layout.n_inner, cols_per_split, *scalars,
-                **flags, SPLIT=n_splits > 1, BLOCK=cfg.block, num_warps=cfg.num_warps,
-            )
-            if n_splits > 1:
-                cross_entropy_combine_kernel[(layout.n_rows,)](
-                    x, *strides["x"], tensors["target"], *strides["target"][:2], weight_arg, partial, *row_outputs,
-                    n_cols, layout.n_inner, n_splits, *scalars,
-                    **flags, SPLITS_BLOCK=triton.next_power_of_2(n_splits), num_warps=1,
-                )
-
-        if reduction == "none":
-            loss = loss_rows.reshape(input.shape[:1] + input.shape[2:] if input.dim() > 1 else ())
-            total = None
-        elif reduction == "sum":
-            loss, total = loss_rows.sum(), None
-        else:
-            total = denom.sum()  # summed weights of the rows kept (their count without weights)
-            loss = loss_rows.sum() / total
-        ctx.save_for_backward(input, target, weight, row_max, log_norm, coef, total)
-        ctx.options = dict(ignore_index=ignore_index, reduction=reduction, smoothing=smoothing,
-                           inv_temperature=inv_temperature, softcap=softcap, inplace=inplace_backward,
-                           block=cfg.block, num_warps=cfg.num_warps, n_splits=n_splits, cols_per_split=cols_per_split)
+        stats = forward_rows(x, target_rows, weight, opts)
+        loss, total = reduce_rows(stats, reduction, input.shape[:1] + input.shape[2:] if input.dim() > 1 else ())
+        ctx.save_for_backward(input, target, weight, stats.row_max, stats.log_norm, stats.coef, total)
+        ctx.reduction, ctx.opts, ctx.inplace = reduction, opts, inplace_backward
         return loss
 
     @staticmethod
@@ -355,53 +427,31 @@ class CrossEntropyFunction(torch.autograd.Function):
         # Unpacking checks the saved tensors' versions: after an in-place backward the logits
         # hold their gradient, and a second backward (retain_graph) fails here.
         input, target, weight, row_max, log_norm, coef, total = ctx.saved_tensors
-        o = ctx.options
-        soft = target.is_floating_point()
         x, target_rows = _as_rows(input, target)
-        row_shape = x.shape[:1] + x.shape[2:]
-        if o["reduction"] == "mean":
-            # No row kept (total 0): every row's gradient is 0, as torch's, not 0 * inf.
-            grad_loss = torch.where(total != 0, grad_loss / total, torch.zeros_like(grad_loss))
-        grad_rows = grad_loss.reshape(row_shape) if o["reduction"] == "none" else grad_loss.expand(row_shape)
+        grad_rows = rows_gradient(grad_loss, ctx.reduction, total, x.shape[:1] + x.shape[2:])
+        stats = RowStats(None, row_max, log_norm, coef, None)
 
         grad_target = None
-        if soft and ctx.needs_input_grad[1]:
-            grad_target = _soft_target_grad(x, weight, row_max, log_norm, grad_rows, o).to(target.dtype).reshape(target.shape)
+        if target.is_floating_point() and ctx.needs_input_grad[1]:
+            grad_target = _soft_target_grad(x, weight, stats, grad_rows, ctx.opts).to(target.dtype).reshape(target.shape)
 
-        dx = x if o["inplace"] else torch.empty_like(x)
-        per_row = {"grad": grad_rows} if soft else {"grad": grad_rows, "target": target_rows}
-        per_class = {"target": target_rows, "dx": dx} if soft else {"dx": dx}
-        layout, xs, tensors, strides = _row_views(x, per_row, per_class)
-        n_cols = x.shape[1]
-        if layout.n_rows and n_cols:
-            cross_entropy_backward_kernel[(layout.n_rows, o["n_splits"])](
-                xs, *strides["x"], tensors["target"], *strides["target"],
-                weight if weight is not None else row_max,
-                tensors["grad"], *strides["grad"][:2],
-                tensors["dx"], *strides["dx"],
-                row_max, log_norm, coef,
-                n_cols, layout.n_inner, o["cols_per_split"],
-                o["ignore_index"], o["inv_temperature"], o["softcap"] or 1.0, o["smoothing"],
-                SOFT_TARGET=soft, HAS_WEIGHT=weight is not None, HAS_SOFTCAP=o["softcap"] is not None,
-                SMOOTH=soft or o["smoothing"] > 0, BLOCK=o["block"], ACC=accumulator(x.dtype), num_warps=o["num_warps"],
-            )
-        if tensors["dx"] is not dx:  # the strides forced a contiguous copy
-            dx.copy_(tensors["dx"])
-        if o["inplace"]:
+        dx = x if ctx.inplace else torch.empty_like(x)
+        backward_rows(x, target_rows, weight, ctx.opts, stats, grad_rows, dx)
+        if ctx.inplace:
             # The logits now hold their gradient: any other use of them in the graph must fail
             # loudly (saved-tensor version check), never read the gradient as logits.
             torch.autograd.graph.increment_version(input)
-        return dx.reshape(input.shape), grad_target, None, None, None, None, None, None, None, None
+        return dx.reshape(input.shape), grad_target, None, None, None, None
 
 
-def _soft_target_grad(x, weight, row_max, log_norm, grad_rows, o):
+def _soft_target_grad(x, weight, stats, grad_rows, opts):
     """d loss / d q_c = g (1 - eps) w_c (LSE - z_c), in torch ops (a rarely used path)."""
-    y = x.to(row_max.dtype)
-    if o["softcap"] is not None:
-        y = o["softcap"] * torch.tanh(y / o["softcap"])
-    lse = row_max.unsqueeze(1) * o["inv_temperature"] + log_norm.unsqueeze(1)
+    y = x.to(stats.row_max.dtype)
+    if opts.softcap is not None:
+        y = opts.softcap * torch.tanh(y / opts.softcap)
+    lse = stats.row_max.unsqueeze(1) * opts.inv_temperature + stats.log_norm.unsqueeze(1)
     w = 1.0 if weight is None else weight.to(y.dtype).reshape([-1 if i == 1 else 1 for i in range(x.dim())])
-    return grad_rows.unsqueeze(1).to(y.dtype) * (1.0 - o["smoothing"]) * w * (lse - y * o["inv_temperature"])
+    return grad_rows.unsqueeze(1).to(y.dtype) * (1.0 - opts.label_smoothing) * w * (lse - y * opts.inv_temperature)
 
 
 def _check_number(fn, name, value, low, low_inclusive=True, allow_none=False):
@@ -485,8 +535,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
         if bool(bad.any()):
             raise IndexError(f"Target {int(target[bad].flatten()[0])} is out of bounds.")
-    return CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction, smoothing, 1.0 / temperature,
-                                      z_loss, softcap, bool(inplace_backward))
+    opts = CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
+    return CrossEntropyFunction.apply(input, target, weight, reduction, opts, bool(inplace_backward))
 
 
 class CrossEntropyLoss(torch.nn.Module):
