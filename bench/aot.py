@@ -15,11 +15,14 @@ Run it without TRITON_INTERPRET: interpreted kernels cannot be compiled.
 
 import argparse
 import contextlib
+import functools
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +107,7 @@ class _Ctx:
     """Enough of an autograd context to call a Function's forward and backward directly."""
 
     needs_input_grad = (True,) + (False,) * 9
+    saved_tensors = ()
 
     def save_for_backward(self, *tensors):
         self.saved_tensors = tensors
@@ -186,25 +190,38 @@ def resource_usage(cubin: bytes) -> dict:
 SPILL_ALLOWANCE = 16
 
 
+@functools.cache
+def _variants():
+    return variants()
+
+
+def _compile_row(job):
+    """Compile variant `index` for `arch`: its table row, and whether it failed."""
+    arch, index = job
+    launch = _variants()[index]
+    try:
+        compiled = compile_one(launch, arch)
+        use = resource_usage(compiled.asm["cubin"])
+        loads = sorted(set(re.findall(r"ld\.global(?:\.\w+)*?\.(v[248])\.", compiled.asm["ptx"])))
+        spills = use.get("local", 0) + use.get("stack", 0)
+        status = "ok" if spills == 0 else f"spills {spills} B" + (" (too many)" if spills > SPILL_ALLOWANCE else "")
+        row = (f"sm_{arch}", launch.name, launch.num_warps, use.get("reg"), use.get("local"), use.get("stack"),
+               use.get("shared"), ",".join(loads) or "scalar", status)
+        return row, spills > SPILL_ALLOWANCE
+    except Exception as e:  # a compile error is the finding: record it and go on
+        msg = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
+        return (f"sm_{arch}", launch.name, launch.num_warps, "-", "-", "-", "-", "-", f"FAILED: {msg}"), True
+
+
 def report(archs, out=None, stream=sys.stdout) -> int:
     """Compile every variant for every arch; print a Markdown table; return how many failed to
     compile or spilled more than SPILL_ALLOWANCE bytes (stack frame or local memory)."""
-    rows, failures = [], 0
-    for arch in archs:
-        for launch in variants():
-            try:
-                compiled = compile_one(launch, arch)
-                use = resource_usage(compiled.asm["cubin"])
-                loads = sorted(set(re.findall(r"ld\.global(?:\.\w+)*?\.(v[248])\.", compiled.asm["ptx"])))
-                spills = use.get("local", 0) + use.get("stack", 0)
-                status = "ok" if spills == 0 else f"spills {spills} B" + (" (too many)" if spills > SPILL_ALLOWANCE else "")
-                failures += spills > SPILL_ALLOWANCE
-                rows.append((f"sm_{arch}", launch.name, launch.num_warps, use.get("reg"), use.get("local"),
-                             use.get("stack"), use.get("shared"), ",".join(loads) or "scalar", status))
-            except Exception as e:  # a compile error is the finding: record it and go on
-                failures += 1
-                msg = str(e).strip().splitlines()[-1][:120] if str(e).strip() else type(e).__name__
-                rows.append((f"sm_{arch}", launch.name, launch.num_warps, "-", "-", "-", "-", "-", f"FAILED: {msg}"))
+    jobs = [(arch, i) for arch in archs for i in range(len(_variants()))]
+    # Compiles are independent: one process per core (forked, so each already has the kernels).
+    with ProcessPoolExecutor(max_workers=os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_compile_row, jobs, chunksize=4))
+    rows = [row for row, _ in results]
+    failures = sum(failed for _, failed in results)
     header = ("target", "kernel variant", "warps", "registers", "local bytes", "stack bytes", "shared bytes", "vector loads", "status")
     lines = [
         "# Ahead-of-time compile report",

@@ -6,23 +6,27 @@ Per row of logits x (classes on dim 1, torch's layout), with y = cap(x) = softca
     loss = (1 - eps) w_t (LSE - z_t) + eps/C sum_c w_c (LSE - z_c) + z_loss LSE^2     class index t
     loss = sum_c u_c (LSE - z_c) + z_loss LSE^2,   u_c = w_c ((1 - eps) q_c + eps/C)   probabilities q
 
-Forward is one pass over the row. Besides the online max m and normaliser d of the softmax
-(the running d is rescaled by exp((m_old - m_new) / T) when the max grows), it keeps, when
-smoothing or soft targets need it, U = sum_c u_c and S = sum_c u_c (m - y_c). Measuring S from
-the running max makes every term >= 0, so sum_c u_c (LSE - z_c) = U (LSE - m/T) + S/T has no
-cancellation even when the logits share a large offset; when the max grows by D, S grows by
-D * U. The loss of the target logit is likewise (m - y_t)/T + (LSE - m/T), two terms >= 0.
+Forward is one pass over the row. It reduces the row to the online softmax state of
+kernels/online.py (max m, count n at the max, r = sum of the other exp((y - m)/T)), so that
+LSE - m/T = log(n + r) is exact to the last ulp even for a confident row. When smoothing or
+soft targets need them it also keeps U = sum_c u_c and S = sum_c u_c (m - y_c). Measuring S
+from the running max makes every term >= 0, so sum_c u_c (LSE - z_c) = U (LSE - m/T) + S/T has
+no cancellation even when the logits share a large offset; when the max grows by D, S grows by
+D * U. The target's own term is likewise (m - y_t)/T + (LSE - m/T), two terms >= 0.
 
-Backward is one pass writing dx = g * (softmax(z) * k - u) * dz/dx, with k = sum_c u_c +
-2 z_loss LSE saved per row by forward (u_c = eps w_c/C + (1 - eps) w_t [c == t] for a class
-index), g the incoming gradient of the row and dz/dx = (1 - (y/softcap)^2) / T.
+Backward is one pass writing dx = g * (softmax(z) * k - u) * dz/dx, with u_c the target weights
+(eps w_c/C + (1 - eps) w_t [c == t] for a class index), k = sum_c u_c + 2 z_loss LSE, g the
+incoming gradient of the row and dz/dx = (1 - (y/softcap)^2) / T. At the target class of a
+confident row p_t - 1 would cancel, so forward saves it computed without cancellation,
+p_t - 1 = -(n - 1 + r) / (n + r) when the target holds the max.
 
-Forward saves per row, in fp32: the max m and log_norm = LSE - m/T (LSE itself as that pair, so
-that softmax = exp((y - m)/T - log_norm) keeps its precision when the logits are large), and k.
+Forward saves per row (fp32; fp64 for fp64 logits): the max m and the normaliser d (the LSE as
+that pair, m/T + log d, so softmax = exp((y - m)/T) / d keeps its precision for large logits),
+k minus the target's own (1 - eps) w_t, and p_t - 1.
 
 When rows are too few to fill the GPU, each row's columns are split over several programs:
-forward writes each range's (m, d, S, U) and a combine kernel merges them (the same rescaling
-as above) before finishing the row; backward needs no combine.
+forward writes each range's (m, n, r, S, U) and a combine kernel merges them before finishing
+the row; backward needs no combine.
 """
 
 import math
@@ -44,10 +48,12 @@ from .launch import (
     row_offset,
     split_count,
 )
+from .online import block_state, exp_of_difference, merge, normaliser
 
 __all__ = ["cross_entropy", "CrossEntropyLoss"]
 
 REDUCTIONS = ("none", "mean", "sum")
+ALL_IGNORED = ("nan", "zero")
 NEG_INF = float("-inf")
 
 
@@ -89,18 +95,20 @@ def _class_weights(cols, mask, q_row, q_stride_col, weight_ptr, smoothing, n_col
 
 
 @triton.jit
-def _finish_row(row, m, d, S, U, x_row, x_stride_col, target_row, weight_ptr,
-                loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+def _finish_row(row, m, n, r, S, U, x_row, x_stride_col, target_row, weight_ptr,
+                loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
                 n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
                 SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                SMOOTH: tl.constexpr, ACC: tl.constexpr):
-    """Turn a row's (m, d, S, U) into its loss and what backward needs."""
+                SMOOTH: tl.constexpr, PRECISE: tl.constexpr, ACC: tl.constexpr):
+    """Turn a row's state (m, n, r, S, U) into its loss and what backward needs."""
     shift = _guard(m)
-    log_norm = (m - shift) * inv_temperature + tl.log(d)  # LSE - shift/T
+    d, log_d = normaliser(m, n, r)
+    log_norm = (m - shift) * inv_temperature + log_d  # LSE - shift/T; -inf for an all -inf row
     lse = shift * inv_temperature + log_norm
     if SOFT_TARGET:
         loss = U * log_norm + S * inv_temperature
-        coef = U
+        k_rest = U
+        pt_minus_1 = tl.zeros((), ACC)
         kept = True
         valid = True
         denom = 1.0
@@ -115,21 +123,24 @@ def _finish_row(row, m, d, S, U, x_row, x_stride_col, target_row, weight_ptr,
         else:
             w_t = 1.0
         loss = ((1.0 - smoothing) * w_t * ((shift - y_t) * inv_temperature + log_norm)).to(ACC)
-        coef = ((1.0 - smoothing) * w_t).to(ACC)
+        k_rest = tl.zeros((), ACC)
         if SMOOTH:
             loss += smoothing / n_cols * (U * log_norm + S * inv_temperature)
-            coef += smoothing / n_cols * U
+            k_rest += smoothing / n_cols * U
+        # p_t - 1 without cancellation: when the target holds the max, p_t = 1 / (n + r).
+        pt_minus_1 = tl.where(y_t == m, -((n - 1.0) + r) / d, exp_of_difference(y_t, m, inv_temperature, PRECISE) / d - 1.0)
         denom = tl.where(kept, w_t, 0.0)
     if z_loss != 0.0:
         loss += z_loss * lse * lse
-        coef += 2.0 * z_loss * lse
+        k_rest += 2.0 * z_loss * lse
     # An ignored row adds nothing; a target outside [0, C) must never look like a real loss.
     loss = tl.where(kept, tl.where(valid, loss, float("nan")), 0.0)
-    coef = tl.where(kept, tl.where(valid, coef, float("nan")), 0.0)
+    k_rest = tl.where(kept, tl.where(valid, k_rest, float("nan")), 0.0)
     tl.store(loss_ptr + row, loss)
-    tl.store(row_max_ptr + row, shift)
-    tl.store(log_norm_ptr + row, log_norm)
-    tl.store(coef_ptr + row, coef)
+    tl.store(row_max_ptr + row, m)
+    tl.store(norm_ptr + row, d)
+    tl.store(k_rest_ptr + row, k_rest)
+    tl.store(pt_minus_1_ptr + row, tl.where(kept, pt_minus_1, 0.0))
     tl.store(denom_ptr + row, denom)
 
 
@@ -138,11 +149,11 @@ def cross_entropy_forward_kernel(
     x_ptr, x_stride_outer, x_stride_inner, x_stride_col,
     target_ptr, target_stride_outer, target_stride_inner, target_stride_col,
     weight_ptr, partial_ptr,
-    loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+    loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
     n_cols, n_inner, cols_per_split,
     ignore_index, inv_temperature, softcap, z_loss, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SMOOTH: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -152,7 +163,8 @@ def cross_entropy_forward_kernel(
     col_end = tl.minimum(col_start + cols_per_split, n_cols)
 
     m = tl.full((), float("-inf"), ACC)
-    d = tl.zeros((), ACC)
+    n = tl.zeros((), ACC)
+    r = tl.zeros((), ACC)
     S = tl.zeros((), ACC)
     U = tl.zeros((), ACC)
     for start in range(col_start, col_end, BLOCK):
@@ -160,29 +172,30 @@ def cross_entropy_forward_kernel(
         mask = cols < col_end
         x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
         y = tl.where(mask, _capped(x, softcap, HAS_SOFTCAP), float("-inf"))
-        m_new = tl.maximum(m, tl.max(y, 0))
-        shift_new = _guard(m_new)
-        d = d * tl.exp((m - shift_new) * inv_temperature) + tl.sum(tl.exp((y - shift_new) * inv_temperature), 0)
+        m_b, n_b, r_b = block_state(y, mask, inv_temperature)
+        m_new, n, r = merge(m, n, r, m_b, n_b, r_b, inv_temperature)
         if SMOOTH:
             u = _class_weights(cols, mask, target_row, target_stride_col, weight_ptr, smoothing, n_cols,
                                SOFT_TARGET, HAS_WEIGHT, ACC)
             # Re-measure what was summed from the new max, then add this block (u = 0 adds 0,
             # even against a -inf logit).
+            shift_new = _guard(m_new)
             S = S + (shift_new - _guard(m)) * U + tl.sum(tl.where(u != 0.0, u * (shift_new - y), 0.0), 0)
             U += tl.sum(u, 0)
         m = m_new
 
     if SPLIT:
-        partial = partial_ptr + (row.to(tl.int64) * tl.num_programs(1) + split) * 4
+        partial = partial_ptr + (row.to(tl.int64) * tl.num_programs(1) + split) * 5
         tl.store(partial, m)
-        tl.store(partial + 1, d)
-        tl.store(partial + 2, S)
-        tl.store(partial + 3, U)
+        tl.store(partial + 1, n)
+        tl.store(partial + 2, r)
+        tl.store(partial + 3, S)
+        tl.store(partial + 4, U)
     else:
-        _finish_row(row, m, d, S, U, x_row, x_stride_col, target_row, weight_ptr,
-                    loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+        _finish_row(row, m, n, r, S, U, x_row, x_stride_col, target_row, weight_ptr,
+                    loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
                     n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
-                    SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, ACC)
+                    SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
 
 
 @triton.jit
@@ -190,32 +203,36 @@ def cross_entropy_combine_kernel(
     x_ptr, x_stride_outer, x_stride_inner, x_stride_col,
     target_ptr, target_stride_outer, target_stride_inner,
     weight_ptr, partial_ptr,
-    loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+    loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
     n_cols, n_inner, n_splits,
     ignore_index, inv_temperature, softcap, z_loss, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SMOOTH: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
+    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Merge the (m, d, S, U) of a row's column ranges, then finish the row."""
+    """Merge the states of a row's column ranges, then finish the row."""
     row = tl.program_id(0)
     i = tl.arange(0, SPLITS_BLOCK)
     mask = i < n_splits
-    partial = partial_ptr + (row.to(tl.int64) * n_splits + i) * 4
+    partial = partial_ptr + (row.to(tl.int64) * n_splits + i) * 5
     m_i = tl.load(partial, mask=mask, other=float("-inf"))
-    d_i = tl.load(partial + 1, mask=mask, other=0.0)
-    S_i = tl.load(partial + 2, mask=mask, other=0.0)
-    U_i = tl.load(partial + 3, mask=mask, other=0.0)
+    n_i = tl.load(partial + 1, mask=mask, other=0.0)
+    r_i = tl.load(partial + 2, mask=mask, other=0.0)
+    S_i = tl.load(partial + 3, mask=mask, other=0.0)
+    U_i = tl.load(partial + 4, mask=mask, other=0.0)
     m = tl.max(m_i, 0)
+    # Each range's state merged into the row's: merge() applied to all ranges at once.
+    scale_i = tl.where(m_i == m, 1.0, tl.exp((m_i - m) * inv_temperature))
+    r = tl.sum((r_i + tl.where(m_i == m, 0.0, n_i)) * scale_i, 0)
+    n = tl.sum(tl.where(m_i == m, n_i, 0.0), 0)
     shift = _guard(m)
-    d = tl.sum(d_i * tl.exp((m_i - shift) * inv_temperature), 0)
     S = tl.sum(S_i + (shift - _guard(m_i)) * U_i, 0)
     U = tl.sum(U_i, 0)
     x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
     target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
-    _finish_row(row, m, d, S, U, x_row, x_stride_col, target_row, weight_ptr,
-                loss_ptr, row_max_ptr, log_norm_ptr, coef_ptr, denom_ptr,
+    _finish_row(row, m, n, r, S, U, x_row, x_stride_col, target_row, weight_ptr,
+                loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
                 n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
-                SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, ACC)
+                SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
 
 
 @triton.jit
@@ -225,11 +242,11 @@ def cross_entropy_backward_kernel(
     weight_ptr,
     grad_ptr, grad_stride_outer, grad_stride_inner,
     dx_ptr, dx_stride_outer, dx_stride_inner, dx_stride_col,
-    row_max_ptr, log_norm_ptr, coef_ptr,
+    row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr,
     n_cols, n_inner, cols_per_split,
     ignore_index, inv_temperature, softcap, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SMOOTH: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -237,9 +254,9 @@ def cross_entropy_backward_kernel(
     dx_row = dx_ptr + row_offset(row, n_inner, dx_stride_outer, dx_stride_inner)
     target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
     g = tl.load(grad_ptr + row_offset(row, n_inner, grad_stride_outer, grad_stride_inner)).to(ACC)
-    shift = tl.load(row_max_ptr + row)
-    log_norm = tl.load(log_norm_ptr + row)
-    coef = tl.load(coef_ptr + row)
+    m = tl.load(row_max_ptr + row)
+    inv_norm = 1.0 / tl.load(norm_ptr + row)
+    k_rest = tl.load(k_rest_ptr + row)
     scale = g * inv_temperature
     if not SOFT_TARGET:
         t = tl.load(target_row).to(tl.int64)
@@ -250,6 +267,8 @@ def cross_entropy_backward_kernel(
             w_t = 1.0
         target_weight = tl.where(kept, (1.0 - smoothing) * w_t, 0.0)
         smooth_scale = tl.where(t != ignore_index, smoothing / n_cols, 0.0)
+        # The target's own term, (1 - eps) w_t (p_t - 1), as forward computed it.
+        target_term = target_weight * tl.load(pt_minus_1_ptr + row)
 
     col_start = split * cols_per_split
     col_end = tl.minimum(col_start + cols_per_split, n_cols)
@@ -258,16 +277,18 @@ def cross_entropy_backward_kernel(
         mask = cols < col_end
         x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
         y = _capped(x, softcap, HAS_SOFTCAP)
-        p = tl.exp((y - shift) * inv_temperature - log_norm)
+        p = exp_of_difference(y, m, inv_temperature, PRECISE) * inv_norm
         if SOFT_TARGET:
             u = _class_weights(cols, mask, target_row, target_stride_col, weight_ptr, smoothing, n_cols,
                                SOFT_TARGET, HAS_WEIGHT, ACC)
+            grad = p * k_rest - u
         else:
-            u = tl.where(cols == t, target_weight, 0.0)
+            grad = p * k_rest
             if SMOOTH:
-                u += smooth_scale * _class_weights(cols, mask, target_row, target_stride_col, weight_ptr,
-                                                   smoothing, n_cols, SOFT_TARGET, HAS_WEIGHT, ACC)
-        grad = p * coef - u
+                grad -= smooth_scale * _class_weights(cols, mask, target_row, target_stride_col, weight_ptr,
+                                                      smoothing, n_cols, SOFT_TARGET, HAS_WEIGHT, ACC)
+            # p_c (1 - eps) w_t everywhere but at the target, which takes (1 - eps) w_t (p_t - 1).
+            grad += tl.where(cols == t, target_term, p * target_weight)
         if HAS_SOFTCAP:
             grad = grad * (1.0 - (y / softcap) * (y / softcap))
         tl.store(dx_row + cols.to(tl.int64) * dx_stride_col, (grad * scale).to(dx_ptr.dtype.element_ty), mask=mask)
@@ -314,13 +335,16 @@ class CrossEntropyOptions:
 
 class RowStats(NamedTuple):
     """What forward leaves per row (fp32; fp64 for fp64 logits), shaped like the logits without
-    the class dim: the loss, and for backward the row max, log-normaliser and gradient
-    coefficient; denom is what the row adds to the denominator of a mean."""
+    the class dim: the loss; for backward the row max m, the normaliser d = sum_c exp((y_c - m)/T)
+    (softmax = exp((y - m)/T) / d, and LSE = m/T + log d), the gradient coefficient k less the
+    target's own (1 - eps) w_t, and p_t - 1 for a class index; and denom, what the row adds to
+    the denominator of a mean."""
 
     loss: torch.Tensor
     row_max: torch.Tensor
-    log_norm: torch.Tensor
-    coef: torch.Tensor
+    norm: torch.Tensor
+    k_rest: torch.Tensor
+    pt_minus_1: torch.Tensor
     denom: torch.Tensor
 
 
@@ -337,7 +361,7 @@ def _plan(n_rows, n_cols, dtype, holds_weights, device):
 def _flags(x, target, weight, opts):
     soft = target.is_floating_point()
     return dict(SOFT_TARGET=soft, HAS_WEIGHT=weight is not None, HAS_SOFTCAP=opts.softcap is not None,
-                SMOOTH=soft or opts.label_smoothing > 0, ACC=accumulator(x.dtype))
+                SMOOTH=soft or opts.label_smoothing > 0, PRECISE=x.dtype == torch.float32, ACC=accumulator(x.dtype))
 
 
 def forward_rows(x, target, weight, opts: CrossEntropyOptions) -> RowStats:
@@ -347,11 +371,11 @@ def forward_rows(x, target, weight, opts: CrossEntropyOptions) -> RowStats:
     n_cols = x.shape[1]
     layout, x, tensors, strides = _row_views(x, {} if soft else {"target": target}, {"target": target} if soft else {})
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    stats = RowStats(*(torch.empty(x.shape[:1] + x.shape[2:], dtype=acc, device=x.device) for _ in range(5)))
+    stats = RowStats(*(torch.empty(x.shape[:1] + x.shape[2:], dtype=acc, device=x.device) for _ in RowStats._fields))
     cfg, n_splits, cols_per_split = _plan(layout.n_rows, n_cols, x.dtype, soft or weight is not None, x.device)
     if not layout.n_rows:
         return stats
-    partial = torch.empty((layout.n_rows, n_splits, 4) if n_splits > 1 else 1, dtype=acc, device=x.device)
+    partial = torch.empty((layout.n_rows, n_splits, 5) if n_splits > 1 else 1, dtype=acc, device=x.device)
     weight_arg = weight if weight is not None else stats.loss  # not read without HAS_WEIGHT
     flags = _flags(x, target, weight, opts)
     cross_entropy_forward_kernel[(layout.n_rows, n_splits)](
@@ -383,7 +407,7 @@ def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats,
             weight if weight is not None else stats.row_max,  # not read without HAS_WEIGHT
             tensors["grad"], *strides["grad"][:2],
             tensors["dx"], *strides["dx"],
-            stats.row_max, stats.log_norm, stats.coef,
+            stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1,
             n_cols, layout.n_inner, cols_per_split,
             opts.ignore_index, opts.inv_temperature, opts.softcap or 1.0, opts.label_smoothing,
             **_flags(x, target, weight, opts), BLOCK=cfg.block, num_warps=cfg.num_warps,
@@ -392,14 +416,18 @@ def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats,
         out.copy_(tensors["dx"])
 
 
-def reduce_rows(stats: RowStats, reduction: str, row_shape):
-    """The loss as `reduction` says, and the mean's denominator (None otherwise)."""
+def reduce_rows(stats: RowStats, reduction: str, row_shape, all_ignored: str = "nan"):
+    """The loss as `reduction` says, and the mean's denominator (None otherwise). A mean over
+    no kept row is 0/0: NaN as in torch, or 0 with all_ignored="zero"."""
     if reduction == "none":
         return stats.loss.reshape(row_shape), None
     if reduction == "sum":
         return stats.loss.sum(), None
     total = stats.denom.sum()  # summed weights of the rows kept (their count without weights)
-    return stats.loss.sum() / total, total
+    loss = stats.loss.sum() / total
+    if all_ignored == "zero":
+        loss = torch.where(total != 0, loss, torch.zeros_like(loss))
+    return loss, total
 
 
 def rows_gradient(grad_loss, reduction, total, row_shape):
@@ -414,11 +442,12 @@ def rows_gradient(grad_loss, reduction, total, row_shape):
 
 class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, target, weight, reduction, opts, inplace_backward):
+    def forward(ctx, input, target, weight, reduction, opts, inplace_backward, all_ignored="nan"):
         x, target_rows = _as_rows(input, target)
         stats = forward_rows(x, target_rows, weight, opts)
-        loss, total = reduce_rows(stats, reduction, input.shape[:1] + input.shape[2:] if input.dim() > 1 else ())
-        ctx.save_for_backward(input, target, weight, stats.row_max, stats.log_norm, stats.coef, total)
+        row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
+        loss, total = reduce_rows(stats, reduction, row_shape, all_ignored)
+        ctx.save_for_backward(input, target, weight, stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1, total)
         ctx.reduction, ctx.opts, ctx.inplace = reduction, opts, inplace_backward
         return loss
 
@@ -426,10 +455,10 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         # Unpacking checks the saved tensors' versions: after an in-place backward the logits
         # hold their gradient, and a second backward (retain_graph) fails here.
-        input, target, weight, row_max, log_norm, coef, total = ctx.saved_tensors
+        input, target, weight, row_max, norm, k_rest, pt_minus_1, total = ctx.saved_tensors
         x, target_rows = _as_rows(input, target)
         grad_rows = rows_gradient(grad_loss, ctx.reduction, total, x.shape[:1] + x.shape[2:])
-        stats = RowStats(None, row_max, log_norm, coef, None)
+        stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
 
         grad_target = None
         if target.is_floating_point() and ctx.needs_input_grad[1]:
@@ -441,7 +470,7 @@ class CrossEntropyFunction(torch.autograd.Function):
             # The logits now hold their gradient: any other use of them in the graph must fail
             # loudly (saved-tensor version check), never read the gradient as logits.
             torch.autograd.graph.increment_version(input)
-        return dx.reshape(input.shape), grad_target, None, None, None, None
+        return dx.reshape(input.shape), grad_target, None, None, None, None, None
 
 
 def _soft_target_grad(x, weight, stats, grad_rows, opts):
@@ -449,7 +478,7 @@ def _soft_target_grad(x, weight, stats, grad_rows, opts):
     y = x.to(stats.row_max.dtype)
     if opts.softcap is not None:
         y = opts.softcap * torch.tanh(y / opts.softcap)
-    lse = stats.row_max.unsqueeze(1) * opts.inv_temperature + stats.log_norm.unsqueeze(1)
+    lse = stats.row_max.unsqueeze(1) * opts.inv_temperature + stats.norm.log().unsqueeze(1)
     w = 1.0 if weight is None else weight.to(y.dtype).reshape([-1 if i == 1 else 1 for i in range(x.dim())])
     return grad_rows.unsqueeze(1).to(y.dtype) * (1.0 - opts.label_smoothing) * w * (lse - y * opts.inv_temperature)
 
@@ -467,7 +496,7 @@ def _check_number(fn, name, value, low, low_inclusive=True, allow_none=False):
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-                  temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False):
+                  temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False, all_ignored="nan"):
     """Cross-entropy between logits and targets, like torch.nn.functional.cross_entropy.
 
     input: (N, C), (C,) or (N, C, d1, ...) logits, classes on dim 1. target: class indices of shape
@@ -475,7 +504,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     weight, ignore_index, reduction, label_smoothing: torch's meaning. Beyond torch:
     temperature (logits / T), z_loss (adds z_loss * LSE**2 per row kept), softcap (logits ->
     softcap * tanh(logits / softcap), applied before the temperature), inplace_backward (the
-    gradient overwrites the logits' storage; autograd raises if anything else still needs them).
+    gradient overwrites the logits' storage; autograd raises if anything else still needs them),
+    all_ignored (what reduction="mean" returns when every target is ignored: "nan" as torch, or
+    "zero"; the gradient is zero either way).
 
     The loss is float32 whatever the logits dtype (float64 for float64 logits), where torch
     rounds it to the logits dtype; the gradient has the logits' dtype.
@@ -504,6 +535,9 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
             raise TypeError(f"{fn}: target must hold class indices (an integer dtype) or class probabilities "
                             f"(a floating dtype), got {target.dtype}")
         if target.shape != row_shape:
+            if target.shape == input.shape:
+                raise TypeError(f"{fn}: target has the input's shape, as class probabilities do, but dtype "
+                                f"{target.dtype}; probabilities must be floating point")
             raise ValueError(f"{fn}: class-index target must have shape {tuple(row_shape)} for input of shape "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
     if weight is not None:
@@ -519,6 +553,8 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         weight = weight.contiguous()
     if reduction not in REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if all_ignored not in ALL_IGNORED:
+        raise ValueError(f"{fn}: all_ignored must be one of {ALL_IGNORED}, got {all_ignored!r}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"{fn}: ignore_index must be an int, got {type(ignore_index).__name__}")
     smoothing = _check_number(fn, "label_smoothing", label_smoothing, 0.0)
@@ -536,20 +572,21 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         if bool(bad.any()):
             raise IndexError(f"Target {int(target[bad].flatten()[0])} is out of bounds.")
     opts = CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
-    return CrossEntropyFunction.apply(input, target, weight, reduction, opts, bool(inplace_backward))
+    return CrossEntropyFunction.apply(input, target, weight, reduction, opts, bool(inplace_backward), all_ignored)
 
 
 class CrossEntropyLoss(torch.nn.Module):
     """Drop-in for torch.nn.CrossEntropyLoss, with softlight's extra options."""
 
     def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-                 temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False):
+                 temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False, all_ignored="nan"):
         super().__init__()
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.temperature, self.z_loss, self.softcap, self.inplace_backward = temperature, z_loss, softcap, inplace_backward
+        self.all_ignored = all_ignored
 
     def forward(self, input, target):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
                              temperature=self.temperature, z_loss=self.z_loss, softcap=self.softcap,
-                             inplace_backward=self.inplace_backward)
+                             inplace_backward=self.inplace_backward, all_ignored=self.all_ignored)

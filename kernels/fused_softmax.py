@@ -1,18 +1,20 @@
 """Softmax and log-softmax, forward and backward, as Triton kernels and a torch autograd Function.
 
-With z = x / T (T the temperature) and b = max_j x_j, one program per row computes
+With z = x / T (T the temperature) and m = max_j x_j, one program per row computes
 
-    d = sum_j exp((x_j - b) / T)
-    softmax_i = exp((x_i - b) / T) / d          log_softmax_i = (x_i - b) / T - log d
+    d = sum_j exp((x_j - m) / T)
+    softmax_i = exp((x_i - m) / T) / d          log_softmax_i = (x_i - m) / T - log d
 
-Subtracting b before dividing by T keeps every exponent <= 0, and x_i - b never overflows
-where x / T would (a logit near the dtype's largest value with T < 1).
+Subtracting m before dividing by T keeps every exponent <= 0, and x_i - m never overflows
+where x / T would (a logit near the dtype's largest value with T < 1). The row is reduced to the
+online state of kernels/online.py (max, how many logits equal it, sum over the others), whose
+log d is exact to the last ulp for confident rows.
 
 Two strategies, chosen by `launch_config`:
 - single block: the row fits one block, so it is read once and written once;
-- streamed: a longer row is read in chunks twice. The first pass is the online softmax: it
-  keeps the running maximum m and the normaliser d of what it has seen, and when a chunk
-  raises the maximum from m to m', rescales d by exp((m - m') / T). The second pass writes.
+- streamed: a longer row is read in chunks twice. The first pass is the online softmax: each
+  chunk's state is merged into the running one, rescaling by exp((m - m') / T) when the max
+  grows from m to m'. The second pass writes.
 
 Backward, from the saved output y and the incoming gradient dy (s = softmax, 1/T from the chain rule):
     softmax:      dx = s * (dy - sum_j dy_j s_j) / T
@@ -25,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .online import block_state, exp_of_difference, merge, normaliser
 from .launch import (
     accumulator,
     as_rows,
@@ -55,6 +58,8 @@ def softmax_forward_kernel(
     inv_temperature,
     LOG: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,
+    MASKED_ZERO: tl.constexpr,
+    PRECISE: tl.constexpr,
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
@@ -69,36 +74,38 @@ def softmax_forward_kernel(
         x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
         # Rounding to the output dtype first is torch's meaning of `dtype=` (a no-op otherwise).
         x = x.to(out_ty).to(ACC)
-        z = (x - tl.max(x, 0)) * inv_temperature
-        e = tl.exp(z)
-        d = tl.sum(e, 0)
+        m, n, r = block_state(x, mask, inv_temperature)
+        d, log_d = normaliser(m, n, r)
         if LOG:
-            out = z - tl.log(d)
+            out = (x - m) * inv_temperature - log_d
         else:
-            out = e / d
+            out = exp_of_difference(x, m, inv_temperature, PRECISE) / d
+        if MASKED_ZERO:
+            # Entirely -inf: the max is -inf and every entry equals it (a NaN would not).
+            out = tl.where((m == -float("inf")) & (n == n_cols), -float("inf") if LOG else 0.0, out)
         tl.store(y_row + cols.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
     else:
         m = tl.full((), -float("inf"), ACC)
-        d = tl.zeros((), ACC)
-        for start in range(0, n_cols, BLOCK):
-            offs = start + cols
-            x = tl.load(x_row + offs.to(tl.int64) * x_stride_col, mask=offs < n_cols, other=-float("inf"))
-            x = x.to(out_ty).to(ACC)
-            m_new = tl.maximum(m, tl.max(x, 0))
-            # While every logit seen is -inf, shift by 0 instead: (-inf) - (-inf) would be NaN.
-            shift = tl.where(m_new == -float("inf"), 0.0, m_new)
-            d = d * tl.exp((m - shift) * inv_temperature) + tl.sum(tl.exp((x - shift) * inv_temperature), 0)
-            m = m_new
-        log_d = tl.log(d)
+        n = tl.zeros((), ACC)
+        r = tl.zeros((), ACC)
         for start in range(0, n_cols, BLOCK):
             offs = start + cols
             mask = offs < n_cols
             x = tl.load(x_row + offs.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
-            z = (x.to(out_ty).to(ACC) - m) * inv_temperature
+            m_b, n_b, r_b = block_state(x.to(out_ty).to(ACC), mask, inv_temperature)
+            m, n, r = merge(m, n, r, m_b, n_b, r_b, inv_temperature)
+        d, log_d = normaliser(m, n, r)
+        for start in range(0, n_cols, BLOCK):
+            offs = start + cols
+            mask = offs < n_cols
+            x = tl.load(x_row + offs.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
+            x = x.to(out_ty).to(ACC)
             if LOG:
-                out = z - log_d
+                out = (x - m) * inv_temperature - log_d
             else:
-                out = tl.exp(z) / d
+                out = exp_of_difference(x, m, inv_temperature, PRECISE) / d
+            if MASKED_ZERO:
+                out = tl.where((m == -float("inf")) & (n == n_cols), -float("inf") if LOG else 0.0, out)
             tl.store(y_row + offs.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
 
 
@@ -121,6 +128,7 @@ def softmax_backward_kernel(
     inv_temperature,
     LOG: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,
+    MASKED_ZERO: tl.constexpr,
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
@@ -129,6 +137,10 @@ def softmax_backward_kernel(
     dy_row = dy_ptr + row_offset(row, n_inner, dy_stride_outer, dy_stride_inner)
     dx_row = dx_ptr + row_offset(row, n_inner, dx_stride_outer, dx_stride_inner)
     cols = tl.arange(0, BLOCK)
+    # With MASKED_ZERO a row that was entirely -inf has a constant output, hence zero gradient;
+    # log-softmax marks such a row by y = -inf everywhere (softmax's y = 0 zeroes it by itself).
+    # Counted, not found with a max, which would skip NaN.
+    ZERO_MASKED_LOG: tl.constexpr = MASKED_ZERO and LOG
 
     if SINGLE_BLOCK:
         mask = cols < n_cols
@@ -138,16 +150,22 @@ def softmax_backward_kernel(
             dx = dy - tl.exp(y) * tl.sum(dy, 0)
         else:
             dx = y * (dy - tl.sum(dy * y, 0))
+        if ZERO_MASKED_LOG:
+            dx = tl.where(tl.sum(tl.where(mask & (y == -float("inf")), 1, 0), 0) == n_cols, 0.0, dx)
         tl.store(dx_row + cols.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty), mask=mask)
     else:
         # sum_j dy_j (log-softmax) or sum_j dy_j y_j (softmax), then a second pass writes.
         total = tl.zeros((), ACC)
+        n_masked = tl.zeros((), tl.int32)
         for start in range(0, n_cols, BLOCK):
             offs = start + cols
             mask = offs < n_cols
             dy = tl.load(dy_row + offs.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
             if LOG:
                 total += tl.sum(dy, 0)
+                if ZERO_MASKED_LOG:
+                    y = tl.load(y_row + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+                    n_masked += tl.sum(tl.where(mask & (y == -float("inf")), 1, 0), 0)
             else:
                 y = tl.load(y_row + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
                 total += tl.sum(dy * y, 0)
@@ -160,30 +178,34 @@ def softmax_backward_kernel(
                 dx = dy - tl.exp(y) * total
             else:
                 dx = y * (dy - total)
+            if ZERO_MASKED_LOG:
+                dx = tl.where(n_masked == n_cols, 0.0, dx)
             tl.store(dx_row + offs.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _forward(x, dim, out_dtype, inv_temperature, log):
+def _forward(x, dim, out_dtype, inv_temperature, log, masked_zero=False):
     layout, (x,), (y,) = as_rows(dim, [x], [out_dtype])
     if y.numel() == 0:
         return y
     cfg = launch_config(layout.n_cols, out_dtype)
     softmax_forward_kernel[(layout.n_rows,)](
         x, y, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], inv_temperature,
-        LOG=log, SINGLE_BLOCK=cfg.single_block, BLOCK=cfg.block, ACC=accumulator(out_dtype),
+        LOG=log, SINGLE_BLOCK=cfg.single_block, MASKED_ZERO=masked_zero, PRECISE=out_dtype == torch.float32,
+        BLOCK=cfg.block, ACC=accumulator(out_dtype),
         num_warps=cfg.num_warps,
     )
     return y
 
 
-def _backward(y, dy, dim, in_dtype, inv_temperature, log):
+def _backward(y, dy, dim, in_dtype, inv_temperature, log, masked_zero=False):
     layout, (y, dy), (dx,) = as_rows(dim, [y, dy], [in_dtype])
     if dx.numel() == 0:
         return dx
     cfg = launch_config(layout.n_cols, y.dtype, rows_held=2)
     softmax_backward_kernel[(layout.n_rows,)](
         y, dy, dx, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], *layout.strides[2],
-        inv_temperature, LOG=log, SINGLE_BLOCK=cfg.single_block, BLOCK=cfg.block, ACC=accumulator(y.dtype),
+        inv_temperature, LOG=log, SINGLE_BLOCK=cfg.single_block, MASKED_ZERO=masked_zero, BLOCK=cfg.block,
+        ACC=accumulator(y.dtype),
         num_warps=cfg.num_warps,
     )
     return dx
@@ -193,10 +215,10 @@ class SoftmaxFunction(torch.autograd.Function):
     """softmax(x / T) or log_softmax(x / T) over `dim`, with the output saved for backward."""
 
     @staticmethod
-    def forward(ctx, x, dim, out_dtype, inv_temperature, log):
-        y = _forward(x, dim, out_dtype, inv_temperature, log)
+    def forward(ctx, x, dim, out_dtype, inv_temperature, log, masked_zero):
+        y = _forward(x, dim, out_dtype, inv_temperature, log, masked_zero)
         ctx.save_for_backward(y)
-        ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log = dim, x.dtype, inv_temperature, log
+        ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log, ctx.masked_zero = dim, x.dtype, inv_temperature, log, masked_zero
         return y
 
     @staticmethod
@@ -209,38 +231,51 @@ class SoftmaxFunction(torch.autograd.Function):
             yy, gg = y.to(acc), dy.to(acc)
             if ctx.log:
                 dx = gg - yy.exp() * gg.sum(ctx.dim, keepdim=True)
+                if ctx.masked_zero:
+                    dx = dx.masked_fill((yy == float("-inf")).all(ctx.dim, keepdim=True), 0.0)
             else:
                 dx = yy * (gg - (gg * yy).sum(ctx.dim, keepdim=True))
             dx = (dx * ctx.inv_temperature).to(ctx.in_dtype)
         else:
-            dx = _backward(y, dy, ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log)
-        return dx, None, None, None, None
+            dx = _backward(y, dy, ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log, ctx.masked_zero)
+        return dx, None, None, None, None, None
 
 
-def _apply(fn, input, dim, dtype, temperature, log):
+MASKED_ROWS = ("nan", "zero")
+
+
+def _apply(fn, input, dim, dtype, temperature, masked_rows, log):
     check_float_tensor(fn, "input", input)
     if dtype is not None and dtype not in FLOAT_DTYPES:
         raise TypeError(f"{fn}: dtype must be None or one of float16, bfloat16, float32, float64, got {dtype}")
     dim = check_dim(dim, input.dim())
     temperature = check_temperature(fn, temperature)
+    if masked_rows not in MASKED_ROWS:
+        raise ValueError(f"{fn}: masked_rows must be one of {MASKED_ROWS}, got {masked_rows!r}")
     check_device(fn, "input", input)
     out_dtype = input.dtype if dtype is None else dtype
-    return SoftmaxFunction.apply(input, dim, out_dtype, 1.0 / temperature, log)
+    return SoftmaxFunction.apply(input, dim, out_dtype, 1.0 / temperature, log, masked_rows == "zero")
 
 
-def softmax(input: torch.Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, temperature: float = 1.0):
+def softmax(input: torch.Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, temperature: float = 1.0,
+            masked_rows: str = "nan"):
     """softmax(input / temperature) over `dim`, like torch.softmax.
 
     dtype: if given, the input is cast to it first and the output has it (torch's meaning).
+    masked_rows: what a row whose entries are all -inf gives: "nan" (torch's answer, the
+    default) or "zero" (probability 0 everywhere, with zero gradient: the "safe softmax" of
+    attention and masked-vocabulary code).
     Accumulates in fp32 (fp64 for float64); differentiable.
     """
-    return _apply("softlight.softmax", input, dim, dtype, temperature, log=False)
+    return _apply("softlight.softmax", input, dim, dtype, temperature, masked_rows, log=False)
 
 
-def log_softmax(input: torch.Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, temperature: float = 1.0):
+def log_softmax(input: torch.Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, temperature: float = 1.0,
+                masked_rows: str = "nan"):
     """log_softmax(input / temperature) over `dim`, like torch.log_softmax, computed as
-    z - LSE(z), never as log(softmax(z)). Same arguments as `softmax`."""
-    return _apply("softlight.log_softmax", input, dim, dtype, temperature, log=True)
+    z - LSE(z), never as log(softmax(z)). Same arguments as `softmax`; with masked_rows="zero"
+    an all -inf row gives -inf (log 0) everywhere, with zero gradient."""
+    return _apply("softlight.log_softmax", input, dim, dtype, temperature, masked_rows, log=True)
 
 
 def _module_dim(dim, ndim, name):
@@ -255,23 +290,24 @@ def _module_dim(dim, ndim, name):
 
 
 class Softmax(torch.nn.Module):
-    """Drop-in for torch.nn.Softmax, with softlight's `dtype` and `temperature` options."""
+    """Drop-in for torch.nn.Softmax, with softlight's `dtype`, `temperature` and `masked_rows` options."""
 
-    def __init__(self, dim: int | None = None, *, dtype: torch.dtype | None = None, temperature: float = 1.0):
+    def __init__(self, dim: int | None = None, *, dtype: torch.dtype | None = None, temperature: float = 1.0,
+                 masked_rows: str = "nan"):
         super().__init__()
-        self.dim, self.dtype, self.temperature = dim, dtype, temperature
+        self.dim, self.dtype, self.temperature, self.masked_rows = dim, dtype, temperature, masked_rows
 
     def forward(self, input):
         dim = _module_dim(self.dim, input.dim(), "softmax")
-        return softmax(input, dim, dtype=self.dtype, temperature=self.temperature)
+        return softmax(input, dim, dtype=self.dtype, temperature=self.temperature, masked_rows=self.masked_rows)
 
     def extra_repr(self):
         return f"dim={self.dim}" + (f", temperature={self.temperature}" if self.temperature != 1.0 else "")
 
 
 class LogSoftmax(Softmax):
-    """Drop-in for torch.nn.LogSoftmax, with softlight's `dtype` and `temperature` options."""
+    """Drop-in for torch.nn.LogSoftmax, with softlight's `dtype`, `temperature` and `masked_rows` options."""
 
     def forward(self, input):
         dim = _module_dim(self.dim, input.dim(), "log_softmax")
-        return log_softmax(input, dim, dtype=self.dtype, temperature=self.temperature)
+        return log_softmax(input, dim, dtype=self.dtype, temperature=self.temperature, masked_rows=self.masked_rows)

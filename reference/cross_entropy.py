@@ -108,7 +108,9 @@ def cross_entropy_backward(x, target, grad_output=1.0, weight=None, ignore_index
         elif reduction == "sum":
             g = np.full((len(u), 1), float(grad_output))
         else:
-            g = np.full((len(u), 1), float(grad_output) / counted.sum())
+            # A mean over no kept row: every row's gradient is 0 (as torch), not 0 * inf.
+            total = counted.sum()
+            g = np.full((len(u), 1), float(grad_output) / total if total != 0 else 0.0)
         grad = g * (p * k - u) * dz_dx
     if single:
         return grad.reshape(shape)

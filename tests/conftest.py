@@ -44,3 +44,12 @@ def _fresh_seed():
     seed = int(os.environ.get("SOFTLIGHT_SEED") or int.from_bytes(os.urandom(4), "little"))
     print(f"SOFTLIGHT_SEED={seed}")
     torch.manual_seed(seed)
+
+
+# Property-based tests: few, small examples by default so the interpreter keeps the suite
+# quick; HYPOTHESIS_PROFILE=long for a thorough run.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

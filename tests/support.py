@@ -22,3 +22,9 @@ def assert_close(out: torch.Tensor, ref, dtype: torch.dtype | None = None, what:
     err = relative_error(to_numpy(out), ref)
     assert err <= TOLERANCE[name], f"{what} relative error {err:.3e} > {TOLERANCE[name]:.0e} ({name})"
     return err
+
+
+def rounded(ref, dtype: torch.dtype) -> np.ndarray:
+    """The float64 reference rounded to `dtype`: the best answer that dtype can hold (a value
+    below its range becomes 0, where a relative error against the unrounded one would be 1)."""
+    return torch.from_numpy(np.asarray(ref, dtype=np.float64)).to(dtype).double().numpy()

@@ -89,6 +89,7 @@ def test_reference_edge_cases_follow_torch():
     assert rows[0] == inf and np.isnan(rows[1]) and rows[2] == 0.0
     assert np.isnan(ref.cross_entropy(x[2:], np.array([-100])))  # mean over no kept row
     assert ref.cross_entropy(x[2:], np.array([-100]), reduction="sum") == 0.0
+    assert np.array_equal(ref.cross_entropy_backward(x[2:], np.array([-100])), np.zeros((1, 3)))
     # Probability 0 on a masked class contributes 0 (torch: NaN); smoothing puts mass there: inf.
     q = np.array([[0.5, 0.0, 0.5]])
     assert np.isfinite(ref.cross_entropy(x[:1], q))
