@@ -93,9 +93,9 @@ def _rerender(out) -> int:
     return len(tables)
 
 
-def _bench_without_gpu(args) -> int:
-    print("softlight bench: no CUDA GPU here, so NO TIMING IS TAKEN: the kernels would run on Triton's "
-          "interpreter, whose timings are not performance and are never recorded.\n"
+def _bench_without_gpu(args, reason) -> int:
+    print(f"softlight bench: {reason}, so NO TIMING IS TAKEN: timings of Triton's interpreter are not "
+          "performance and are never recorded.\n"
           "Checking every op against the float64 reference on small shapes instead.\n", flush=True)
     status = cmd_check(args)
     print()
@@ -121,8 +121,10 @@ def cmd_bench(args) -> int:
     from softlight.bench.measure import Case, CudaDevice, run_sweep
     from softlight.bench.spec import slugify
 
-    if softlight.INTERPRETED or not torch.cuda.is_available():
-        return _bench_without_gpu(args)
+    if not torch.cuda.is_available():
+        return _bench_without_gpu(args, "no CUDA GPU here")
+    if softlight.INTERPRETED:
+        return _bench_without_gpu(args, "the kernels run on Triton's interpreter (TRITON_INTERPRET=1)")
     chosen = _providers(args)
     shapes, dtypes = grid.quick_grid() if args.quick else grid.default_grid()
     shapes, dtypes = args.shape or shapes, args.dtype or dtypes

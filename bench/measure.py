@@ -101,19 +101,23 @@ def _free(device: Device):
         torch.cuda.empty_cache()
 
 
+def _record(case, provider, direction, ceiling, status, note="", verdict=None, timing=None, peak=None):
+    n_bytes = bytes_moved(case.op, direction, case.rows, case.cols, case.dtype)
+    gbps = n_bytes / (timing.p50 * 1e-3) / 1e9 if timing else math.nan
+    return dict(op=case.op, direction=direction, provider=provider.name, dtype=case.dtype,
+                rows=case.rows, cols=case.cols, status=status,
+                ms_p50=timing.p50 if timing else math.nan, ms_p20=timing.p20 if timing else math.nan,
+                ms_p80=timing.p80 if timing else math.nan, bytes=n_bytes, gbps=gbps,
+                pct_of_ceiling=100 * gbps / ceiling, ceiling_gbps=ceiling,
+                peak_mem_bytes=math.nan if peak is None else peak,
+                max_error=verdict.error if verdict else math.nan,
+                tolerance=verdict.tolerance if verdict else math.nan, note=note)
+
+
 def _provider_rows(case, provider: Provider, directions, inputs, reference, device, ceiling):
     """One provider on one case: a record per direction."""
     def record(direction, status, note="", verdict=None, timing=None, peak=None):
-        n_bytes = bytes_moved(case.op, direction, case.rows, case.cols, case.dtype)
-        gbps = n_bytes / (timing.p50 * 1e-3) / 1e9 if timing else math.nan
-        return dict(op=case.op, direction=direction, provider=provider.name, dtype=case.dtype,
-                    rows=case.rows, cols=case.cols, status=status,
-                    ms_p50=timing.p50 if timing else math.nan, ms_p20=timing.p20 if timing else math.nan,
-                    ms_p80=timing.p80 if timing else math.nan, bytes=n_bytes, gbps=gbps,
-                    pct_of_ceiling=100 * gbps / ceiling, ceiling_gbps=ceiling,
-                    peak_mem_bytes=math.nan if peak is None else peak,
-                    max_error=verdict.error if verdict else math.nan,
-                    tolerance=verdict.tolerance if verdict else math.nan, note=note)
+        return _record(case, provider, direction, ceiling, status, note, verdict, timing, peak)
 
     try:
         impl = provider.implementation(case.op)
@@ -139,10 +143,9 @@ def _provider_rows(case, provider: Provider, directions, inputs, reference, devi
         else:
             try:
                 timing, peak = _time_direction(inputs, impl.fn, direction, device)
-                records.append(record(direction, "ok", impl.note, verdict, timing, peak))
+                records.append(record(direction, "ok", "", verdict, timing, peak))
             except Exception as exc:
                 records.append(record(direction, "error", _error_note(exc), verdict))
-            _free(device)
     return records
 
 
@@ -166,13 +169,18 @@ def run_sweep(cases: Iterable[Case], providers: list[Provider], device: Device, 
     ceiling = measure_ceiling(device)
     records = []
     work = [(case, provider) for case in cases for provider in providers]
-    current = None
+    current = setup_error = None
     for case, provider in progress(work):
         if case != current:
-            inputs = reference = None
+            current, inputs, reference, setup_error = case, None, None, None
             _free(device)
-            inputs = make_inputs(case.op, case.rows, case.cols, case.dtype, device.torch_device, generator)
-            reference = Reference(inputs, generator)
-            current = case
-        records += _provider_rows(case, provider, directions, inputs, reference, device, ceiling)
+            try:
+                inputs = make_inputs(case.op, case.rows, case.cols, case.dtype, device.torch_device, generator)
+                reference = Reference(inputs, generator)
+            except Exception as exc:  # e.g. out of memory: this shape fails, the sweep goes on
+                setup_error = f"inputs or reference: {_error_note(exc)}"
+        if setup_error:
+            records += [_record(case, provider, d, ceiling, "error", setup_error) for d in directions]
+        else:
+            records += _provider_rows(case, provider, directions, inputs, reference, device, ceiling)
     return table.finish(records, env)

@@ -44,9 +44,11 @@ class Inputs:
     def call(self, fn, x):
         return fn(x, self.target) if self.op == "cross_entropy" else fn(x)
 
-    def leaf(self) -> torch.Tensor:
-        """A fresh copy of x that requires grad (providers may overwrite it in place)."""
-        return self.x.detach().clone().requires_grad_()
+    def private(self, requires_grad: bool = False) -> "Inputs":
+        """Copies of x and dy for one provider: some write a gradient into their input, and
+        the next provider must still see the inputs the reference was computed from."""
+        x = self.x.detach().clone().requires_grad_(requires_grad)
+        return Inputs(self.op, x, None if self.dy is None else self.dy.clone(), self.target)
 
 
 def make_inputs(op: str, rows: int, cols: int, dtype: str, device, generator: torch.Generator) -> Inputs:
@@ -171,9 +173,10 @@ def verify(inputs: Inputs, reference: Reference, fn) -> dict[str, Verdict]:
     backward: the gradient through fn; forward+backward: the worse of the output with grad
     and that gradient.
     """
-    forward = reference.output(inputs.call(fn, inputs.x))
-    x = inputs.leaf()
-    out = inputs.call(fn, x)
+    plain = inputs.private()
+    forward = reference.output(plain.call(fn, plain.x))
+    mine = inputs.private(requires_grad=True)
+    out = mine.call(fn, mine.x)
     with_grad = reference.output(out)
     problem = None
     if not isinstance(out, torch.Tensor) or not out.requires_grad:
@@ -183,7 +186,7 @@ def verify(inputs: Inputs, reference: Reference, fn) -> dict[str, Verdict]:
     if problem:
         missing = Verdict(float("inf"), float("nan"), problem)
         return {"forward": forward, "backward": missing, "forward+backward": missing}
-    (grad,) = torch.autograd.grad(out, x, inputs.dy)
+    (grad,) = torch.autograd.grad(out, mine.x, mine.dy)
     backward = reference.gradient(grad, out)
     return {"forward": forward, "backward": backward, "forward+backward": with_grad.worse(backward)}
 
@@ -197,10 +200,10 @@ def timed_call(inputs: Inputs, fn, direction: str):
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    mine = inputs.private(requires_grad=direction != "forward")
     if direction == "forward":
-        return lambda: inputs.call(fn, inputs.x)
-    x = inputs.leaf()
+        return lambda: mine.call(fn, mine.x)
     if direction == "backward":
-        out = inputs.call(fn, x)
-        return lambda: torch.autograd.grad(out, x, inputs.dy, retain_graph=True)
-    return lambda: torch.autograd.grad(inputs.call(fn, x), x, inputs.dy)
+        out = mine.call(fn, mine.x)
+        return lambda: torch.autograd.grad(out, mine.x, mine.dy, retain_graph=True)
+    return lambda: torch.autograd.grad(mine.call(fn, mine.x), mine.x, mine.dy)

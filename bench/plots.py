@@ -10,6 +10,7 @@
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .spec import DIRECTIONS
@@ -59,6 +60,13 @@ def _size_label(v):
     return f"{v // 1024}K" if v >= 1024 and v % 1024 == 0 else str(v)
 
 
+def _figure(width, height):
+    """A figure on the Agg canvas of its own: no pyplot, no global state, no display."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _save(fig, path):
     fig.savefig(path, dpi=90, metadata={"Software": None})
     return path
@@ -73,7 +81,7 @@ def _gbps_figure(group, providers, title, path):
     panels = [("cols", by_cols, "columns (rows x columns fixed)")]
     if len(by_rows):
         panels.append(("rows", by_rows, f"rows (at {int(by_rows.cols.iloc[0])} columns)"))
-    fig = Figure(figsize=(5.5 * len(panels), 4), layout="constrained")
+    fig = _figure(5.5 * len(panels), 4)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     ceiling = group.ceiling_gbps.median()
     for ax, (x, data, label) in zip(axes, panels):
@@ -89,7 +97,7 @@ def _gbps_figure(group, providers, title, path):
 
 def _per_direction_figure(data, providers, y, ylabel, title, path, scale=1.0, reference_line=None):
     directions = [d for d in DIRECTIONS if d in set(data.direction)]
-    fig = Figure(figsize=(4.5 * len(directions), 3.8), layout="constrained")
+    fig = _figure(4.5 * len(directions), 3.8)
     axes = fig.subplots(1, len(directions), squeeze=False)[0]
     for ax, direction in zip(axes, directions):
         _lines(ax, data[data.direction == direction], "cols", y, providers, scale)

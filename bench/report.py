@@ -109,7 +109,7 @@ def _cell(r):
 
 def _details(df, plot_names) -> list[str]:
     lines = []
-    providers = [OURS] * (OURS in set(df.provider)) + [p for p in peers(df)]
+    providers = [OURS] * (OURS in set(df.provider)) + peers(df)
     for op in [o for o in OPS if o in set(df.op)]:
         lines += ["", f"## {op}"]
         for dtype in [d for d in DTYPES if d in set(df.dtype[df.op == op])]:

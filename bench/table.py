@@ -12,7 +12,7 @@ It is the only thing reports are made from, so every fact a report states is a c
                   the same run
     peak_mem_bytes   peak memory allocated by one call, above its inputs
     max_error, tolerance   relative norm error against the float64 reference, and the bound
-    note          why a row is not ok, or a caveat about the provider
+    note          why a row is not ok
     device, torch, triton, git_rev, date   where and when (date: UTC, ISO 8601)
 """
 

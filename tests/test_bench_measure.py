@@ -183,3 +183,31 @@ def test_timed_calls_return_gradients_without_accumulating():
     torch.testing.assert_close(first, second)
     y = np.asarray(torch.softmax(inputs.x, -1))
     np.testing.assert_allclose(first.numpy(), ref.softmax_backward(y, inputs.dy.numpy()), rtol=1e-4, atol=1e-7)
+
+
+def test_a_shape_that_cannot_be_set_up_is_an_error_and_the_sweep_goes_on(monkeypatch):
+    real = measure.make_inputs
+
+    def make_inputs(op, rows, cols, *args):
+        if rows == 5:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 64 GiB")
+        return real(op, rows, cols, *args)
+
+    monkeypatch.setattr(measure, "make_inputs", make_inputs)
+    cases = [Case("softmax", "float32", 5, 16), Case("softmax", "float32", 2, 16)]
+    df = measure.run_sweep(cases, providers.resolve(["torch"]), FakeDevice(), directions=["forward"], seed=3)
+    assert list(df.status) == ["error", "ok"]
+    assert df.note.iloc[0] == "inputs or reference: RuntimeError: CUDA out of memory. Tried to allocate 64 GiB"
+
+
+def test_a_provider_that_overwrites_its_input_does_not_spoil_the_next():
+    def clobbers(op):
+        def fn(x):
+            y = torch.softmax(x, -1)
+            x.detach().zero_()  # as a kernel writing its gradient into the logits would
+            return y
+        return fn
+
+    chosen = [providers.Provider("clobbers", clobbers, "test"), *providers.resolve(["torch"])]
+    df = measure.run_sweep([Case("softmax", "float32", 3, 16)], chosen, FakeDevice(), seed=4)
+    assert set(df.status) == {"ok"}
