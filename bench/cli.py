@@ -75,8 +75,10 @@ def cmd_check(args) -> int:
 
     df = run_check(ops=args.op, dtypes=args.dtype, shapes=args.shape, providers=_providers(args, ["softlight"]))
     print(format_table(df))
-    failed = df[df.status != "ok"]
-    print(f"\n{len(df) - len(failed)} passed, {len(failed)} failed")
+    failed = df[~df.status.isin(["ok", "unsupported"])]
+    unsupported = (df.status == "unsupported").sum()
+    print(f"\n{(df.status == 'ok').sum()} passed, {len(failed)} failed"
+          + (f", {unsupported} not implemented by the provider" if unsupported else ""))
     return 1 if len(failed) else 0
 
 

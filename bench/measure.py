@@ -138,8 +138,7 @@ def _provider_rows(case, provider: Provider, directions, inputs, reference, devi
         if direction not in impl.directions:
             records.append(record(direction, "unsupported", impl.note or f"not timed {direction} alone", verdict))
         elif not verdict.ok:
-            note = verdict.note or f"error {verdict.error:.3g} > tolerance {verdict.tolerance:.0e}: not timed"
-            records.append(record(direction, "wrong", note, verdict))
+            records.append(record(direction, "wrong", _wrong_note(verdict), verdict))
         else:
             try:
                 timing, peak = _time_direction(inputs, impl.fn, direction, device)
@@ -147,6 +146,14 @@ def _provider_rows(case, provider: Provider, directions, inputs, reference, devi
             except Exception as exc:
                 records.append(record(direction, "error", _error_note(exc), verdict))
     return records
+
+
+def _wrong_note(verdict) -> str:
+    if verdict.note:
+        return verdict.note
+    if math.isinf(verdict.error):
+        return "NaN or infinity where the reference has none: not timed"
+    return f"error {verdict.error:.3g} > tolerance {verdict.tolerance:.0e}: not timed"
 
 
 def _time_direction(inputs, fn, direction, device):

@@ -51,10 +51,11 @@ def test_check_every_op_on_tiny_shapes(capsys):
 
 
 def test_check_reports_a_wrong_user_provider(capsys, wrong_provider):
-    status = main(["check", "--op", "softmax", "--dtype", "fp32", "--shape", "2x64", "--provider", wrong_provider])
+    status = main(["check", "--op", "softmax", "cross_entropy", "--dtype", "fp32", "--shape", "2x64",
+                   "--provider", wrong_provider])
     out = capsys.readouterr().out
     assert status == 1
-    assert out.count(" FAIL") == 2 and "0 passed, 2 failed" in out
+    assert out.count(" FAIL") == 2 and "0 passed, 2 failed, 2 not implemented by the provider" in out
 
 
 @pytest.mark.skipif(not softlight.INTERPRETED, reason="on a GPU, bench really benchmarks")
