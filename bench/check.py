@@ -15,7 +15,7 @@ import softlight
 
 from . import providers as registry
 from .ops import Reference, make_inputs, verify
-from .spec import DTYPES, OPS
+from .spec import DTYPES, OPS, dtype_name
 
 # Few rows on the interpreter, where every program runs as Python; a GPU takes real sizes.
 INTERPRETER_SHAPES = [(4, 1000), (2, 4097), (1, 33000), (1, 131072)]
@@ -27,13 +27,20 @@ def run_check(ops=None, dtypes=None, shapes=None, providers=None, device=None, s
     """The table of errors; `providers` are Provider objects (default: softlight)."""
     device = device or ("cpu" if softlight.INTERPRETED else "cuda")
     shapes = shapes or (INTERPRETER_SHAPES if softlight.INTERPRETED else GPU_SHAPES)
+    dtypes = [dtype_name(d) for d in dtypes or DTYPES]
+    bad_ops = [op for op in ops or OPS if op not in OPS]
+    if bad_ops:
+        raise ValueError(f"ops must be among {OPS}, got {bad_ops}")
+    for shape in shapes:
+        if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise ValueError(f"shapes must be (rows, cols) pairs of positive ints, got {shape!r}")
     checked = providers or [registry.BUILTIN["softlight"]]
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
     records = []
     for op in ops or OPS:
         torch_fn = registry.BUILTIN["torch"].implementation(op).fn
-        for dtype in dtypes or DTYPES:
+        for dtype in dtypes:
             for rows, cols in shapes:
                 inputs = make_inputs(op, rows, cols, dtype, device, generator)
                 reference = Reference(inputs, generator)

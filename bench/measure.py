@@ -17,7 +17,7 @@ import torch
 from . import table
 from .ops import Reference, make_inputs, timed_call, verify
 from .providers import Provider
-from .spec import DIRECTIONS, bytes_moved
+from .spec import DIRECTIONS, OPS, bytes_moved, dtype_name
 
 __all__ = ["Timing", "Device", "CudaDevice", "Case", "measure_ceiling", "run_sweep"]
 
@@ -75,10 +75,21 @@ class CudaDevice:
 
 @dataclass(frozen=True)
 class Case:
+    """One op on one (rows, cols) input of one dtype."""
+
     op: str
     dtype: str
     rows: int
     cols: int
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"Case.op must be one of {OPS}, got {self.op!r}")
+        object.__setattr__(self, "dtype", dtype_name(self.dtype))
+        for name in ("rows", "cols"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Case.{name} must be a positive int, got {value!r}")
 
 
 def measure_ceiling(device: Device) -> float:
@@ -170,6 +181,13 @@ def run_sweep(cases: Iterable[Case], providers: list[Provider], device: Device, 
     """
     cases = list(cases)
     directions = list(directions)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or not directions:
+        raise ValueError(f"directions must be a non-empty selection of {DIRECTIONS}, got {directions}")
+    if not providers or not all(isinstance(p, Provider) for p in providers):
+        raise ValueError("providers must be a non-empty list of Provider (see softlight.bench.providers.resolve)")
+    if not all(isinstance(c, Case) for c in cases):
+        raise ValueError("cases must be Case objects")
     env = table.environment(device.name)
     generator = torch.Generator(device=device.torch_device)
     generator.manual_seed(seed if seed is not None else torch.seed())

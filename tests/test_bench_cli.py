@@ -201,3 +201,14 @@ def test_bad_input_is_a_clear_error(argv, message, capsys):
         main(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_run_check_rejects_bad_arguments():
+    from softlight.bench.check import run_check
+
+    with pytest.raises(ValueError, match="ops must be among"):
+        run_check(ops=["gelu"], shapes=[(1, 8)])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        run_check(dtypes=["int8"], shapes=[(1, 8)])
+    with pytest.raises(ValueError, match="shapes must be"):
+        run_check(shapes=[(0, 8)])

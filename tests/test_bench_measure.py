@@ -211,3 +211,18 @@ def test_a_provider_that_overwrites_its_input_does_not_spoil_the_next():
     chosen = [providers.Provider("clobbers", clobbers, "test"), *providers.resolve(["torch"])]
     df = measure.run_sweep([Case("softmax", "float32", 3, 16)], chosen, FakeDevice(), seed=4)
     assert set(df.status) == {"ok"}
+
+
+def test_sweep_inputs_are_checked():
+    with pytest.raises(ValueError, match="Case.op"):
+        Case("gelu", "float32", 1, 8)
+    with pytest.raises(ValueError, match="Case.rows"):
+        Case("softmax", "float32", 0, 8)
+    with pytest.raises(ValueError, match="dtype"):
+        Case("softmax", "int8", 1, 8)
+    assert Case("softmax", "bf16", 1, 8).dtype == "bfloat16"
+    torch_only = providers.resolve(["torch"])
+    with pytest.raises(ValueError, match="directions"):
+        measure.run_sweep([Case("softmax", "float32", 1, 8)], torch_only, FakeDevice(), directions=["up"])
+    with pytest.raises(ValueError, match="providers"):
+        measure.run_sweep([Case("softmax", "float32", 1, 8)], [], FakeDevice())
