@@ -4,7 +4,9 @@ the comparison of a provider's results with the float64 reference.
 Rows are independent in every op, so outputs are compared with the reference on a sample of
 rows (all of them up to 2**22 elements; beyond that the first, the last, whose offsets are the
 largest, and random ones between). The cross-entropy loss, a mean over every row, is compared
-with the reference computed over every row.
+with the reference over every row: the mean of the reference's float64 log-sum-exp minus the
+target logit, which is what the reference's cross_entropy computes without options, at a tenth
+of its cost on 2**27 logits.
 """
 
 from dataclasses import dataclass
@@ -161,8 +163,9 @@ def _mean_cross_entropy(x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     step = max(1, SAMPLE_ELEMENTS // cols)
     total = 0.0
     for start in range(0, rows, step):
-        chunk = slice(start, start + step)
-        total += float(ref.cross_entropy(_numpy(x[chunk]), target[chunk].cpu().numpy(), reduction="sum"))
+        logits = _numpy(x[start:start + step])
+        t = target[start:start + step].cpu().numpy()
+        total += float(np.sum(ref.logsumexp(logits, axis=-1) - logits[np.arange(len(t)), t]))
     return np.array(total / rows)
 
 
