@@ -189,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="check, then time, every op against every provider; write reports/<device>/")
     _selection(p)
-    p.add_argument("--quick", action="store_true", help="a few-minute grid: 4 column counts and one rows point, bf16")
+    p.add_argument("--quick", action="store_true", help="a small grid: 4 column counts and one rows point, bf16 only")
     p.add_argument("--out", default="reports", help="reports folder (default: reports)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new results table instead of merging into the device's existing one")

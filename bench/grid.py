@@ -36,5 +36,5 @@ def default_grid() -> tuple[list[tuple[int, int]], tuple[str, ...]]:
 
 
 def quick_grid() -> tuple[list[tuple[int, int]], tuple[str, ...]]:
-    """(shapes, dtypes) of a few-minute sweep: four column counts and one short rows point, bf16."""
+    """(shapes, dtypes) of a small sweep: four column counts and one short rows point, bf16 only."""
     return _grid(QUICK_TOTAL, QUICK_COLS, QUICK_ROWS_SWEEP), QUICK_DTYPES
