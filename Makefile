@@ -1,5 +1,6 @@
 # make test   set-up, then the whole test suite
-# make bench  set-up, then the main job (for now: every kernel checked against the reference)
+# make bench  set-up, then the main job: on a GPU the benchmark sweep, written to reports/<device>/;
+#             without one, every op checked on the interpreter and the committed reports re-rendered (no timing)
 # The set-up (scripts/setup.sh) runs once; it runs again only when pyproject.toml or the script change.
 
 PY = "$$(cat .python)"
@@ -17,7 +18,7 @@ test: .setup-done
 	$(PY) -P -m pytest $(PYTEST_ARGS)
 
 bench: .setup-done
-	$(PY) -P -m softlight.bench.cli check
+	$(PY) -P -m softlight.bench.cli bench
 
 compile: .setup-done
 	env -u TRITON_INTERPRET $(PY) -P -m softlight.bench.cli compile --out reports/compile.md

@@ -1,8 +1,10 @@
-"""`softlight check`: every kernel against the float64 reference, as a table.
+"""`softlight check`: every op's results against the float64 reference, as a table.
 
-For each op, direction, dtype and shape it draws fresh random logits, runs softlight and torch
-on them, and records each one's relative norm error against the reference next to the
-tolerance of the output dtype. torch's error is there for scale: ours should be no worse.
+For each op, dtype and shape it draws fresh random inputs, runs each provider checked
+(softlight unless told otherwise) and torch on them, and records the relative norm error of the
+forward output and of the gradient against the reference, next to the tolerance of the
+result's dtype. torch's error is there for scale: ours should be no worse. The comparison is
+the one the benchmark makes before timing (softlight.bench.ops), without the timing.
 """
 
 import numpy as np
@@ -10,61 +12,69 @@ import pandas as pd
 import torch
 
 import softlight
-from softlight import reference as ref
 
-OPS = {
-    # name: (softlight function, torch function, reference forward, reference backward)
-    "softmax": (softlight.softmax, torch.softmax, ref.softmax, ref.softmax_backward),
-    "log_softmax": (softlight.log_softmax, torch.log_softmax, ref.log_softmax, ref.log_softmax_backward),
-}
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from . import providers as registry
+from .ops import Reference, make_inputs, verify
+from .spec import DTYPES, OPS, dtype_name
+
 # Few rows on the interpreter, where every program runs as Python; a GPU takes real sizes.
 INTERPRETER_SHAPES = [(4, 1000), (2, 4097), (1, 33000), (1, 131072)]
 GPU_SHAPES = [(4096, 1024), (1024, 4097), (256, 32000), (64, 131072), (16, 262144)]
+DIRECTIONS = ("forward", "backward")
 
 
-def _np(t):
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
-def check_one(op, dtype, rows, cols, device):
-    """Relative errors of softlight and torch, forward and backward, on one fresh input."""
-    ours, theirs, ref_fwd, ref_bwd = OPS[op]
-    x = (torch.randn(rows, cols, device=device) * 4).to(dtype)
-    dy = torch.randn(rows, cols, device=device).to(dtype)
-    results = []
-    for provider, fn in (("softlight", ours), ("torch", theirs)):
-        xg = x.clone().requires_grad_()
-        y = fn(xg, -1)
-        y.backward(dy)
-        y_np = _np(y)
-        fwd_err = ref.relative_error(y_np, ref_fwd(_np(x)))
-        # Backward takes the provider's own saved output (see the tests for why).
-        bwd_err = ref.relative_error(_np(xg.grad), ref_bwd(y_np, _np(dy)))
-        results += [(provider, "forward", fwd_err), (provider, "backward", bwd_err)]
-    return results
-
-
-def run_check(ops=None, dtypes=None, shapes=None, device=None) -> pd.DataFrame:
+def run_check(ops=None, dtypes=None, shapes=None, providers=None, device=None, seed=None) -> pd.DataFrame:
+    """The table of errors; `providers` are Provider objects (default: softlight)."""
     device = device or ("cpu" if softlight.INTERPRETED else "cuda")
     shapes = shapes or (INTERPRETER_SHAPES if softlight.INTERPRETED else GPU_SHAPES)
+    dtypes = [dtype_name(d) for d in dtypes or DTYPES]
+    bad_ops = [op for op in ops or OPS if op not in OPS]
+    if bad_ops:
+        raise ValueError(f"ops must be among {OPS}, got {bad_ops}")
+    for shape in shapes:
+        if len(shape) != 2 or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+            raise ValueError(f"shapes must be (rows, cols) pairs of positive ints, got {shape!r}")
+    checked = providers or [registry.BUILTIN["softlight"]]
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
     records = []
     for op in ops or OPS:
-        for dtype_name in dtypes or DTYPES:
+        torch_fn = registry.BUILTIN["torch"].implementation(op).fn
+        for dtype in dtypes:
             for rows, cols in shapes:
-                errors = check_one(op, DTYPES[dtype_name], rows, cols, device)
-                for direction in ("forward", "backward"):
-                    ours = next(e for p, d, e in errors if p == "softlight" and d == direction)
-                    torch_err = next(e for p, d, e in errors if p == "torch" and d == direction)
-                    tol = ref.TOLERANCE[dtype_name]
-                    records.append(dict(op=op, direction=direction, dtype=dtype_name, rows=rows, cols=cols,
-                                        error=ours, torch_error=torch_err, tolerance=tol,
-                                        status="ok" if ours <= tol else "FAIL"))
+                inputs = make_inputs(op, rows, cols, dtype, device, generator)
+                reference = Reference(inputs, generator)
+                scale = verify(inputs, reference, torch_fn)
+                for provider in checked:
+                    verdicts, status, note = _verdicts(provider, op, inputs, reference)
+                    for direction in DIRECTIONS:
+                        v = verdicts.get(direction)
+                        records.append(dict(
+                            op=op, direction=direction, provider=provider.name, dtype=dtype, rows=rows, cols=cols,
+                            error=v.error if v else np.nan, torch_error=scale[direction].error,
+                            tolerance=v.tolerance if v else np.nan,
+                            status=status or ("ok" if v.ok else "FAIL"), note=note or (v.note if v else "")))
     return pd.DataFrame.from_records(records)
+
+
+def _verdicts(provider, op, inputs, reference):
+    """(verdict per direction, status if no verdicts, note): a provider that cannot run is
+    unavailable (ImportError), unsupported (no such op) or an error, never skipped silently."""
+    try:
+        impl = provider.implementation(op)
+        if impl is None:
+            return {}, "unsupported", f"{provider.name} has no {op}"
+        return verify(inputs, reference, impl.fn), None, ""
+    except ImportError as exc:
+        return {}, "unavailable", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        return {}, "error", f"{type(exc).__name__}: {exc}"
 
 
 def format_table(df: pd.DataFrame) -> str:
     shown = df.copy()
     for c in ("error", "torch_error", "tolerance"):
         shown[c] = shown[c].map(lambda v: f"{v:.2e}" if np.isfinite(v) else str(v))
+    if not shown.note.astype(bool).any():
+        shown = shown.drop(columns="note")
     return shown.to_string(index=False)

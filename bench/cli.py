@@ -1,15 +1,23 @@
 """The `softlight` command.
 
-    softlight check      every kernel against the float64 reference, as a table
-    softlight compile    ahead-of-time compile of every kernel variant (registers, spills)
+    softlight bench                 check, then time, every op against every provider; writes
+                                    reports/<device>/ (results.csv, README.md, plots/)
+    softlight report RESULTS.csv    render a report from a results table alone (no GPU needed)
+    softlight compare OLD NEW       what got faster or slower between two results tables
+    softlight check                 every op against the float64 reference, as a table
+    softlight compile               ahead-of-time compile of every kernel variant (registers, spills)
 
-Without a GPU the kernels run through Triton's interpreter: the command restarts itself with
-TRITON_INTERPRET=1 (which must be set before triton is imported) and says so.
+Without a GPU the kernels run through Triton's interpreter: `check` and `bench` restart
+themselves with TRITON_INTERPRET=1 (which must be set before triton is imported) and say so.
+There `bench` takes no timing at all: it checks every op and re-renders the committed reports.
 """
 
 import argparse
 import os
 import sys
+from pathlib import Path
+
+from softlight.bench.spec import DIRECTIONS, OPS, UsageError, dtype_name, parse_shape
 
 
 def _ensure_runnable_kernels(argv):
@@ -26,15 +34,147 @@ def _ensure_runnable_kernels(argv):
     os.execve(sys.executable, [sys.executable, "-P", "-m", "softlight.bench.cli", *argv], env)
 
 
+def _argument(parse):
+    """An argparse type that shows our error message (argparse hides a plain ValueError's)."""
+    def convert(text):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _threshold(text):
+    value = float(text)
+    if not 0 <= value < 100:
+        raise ValueError(f"--threshold must be a fraction >= 0 (0.05 is 5%), got {text}")
+    return value
+
+
+def _selection(p, directions=True):
+    p.add_argument("--op", nargs="+", choices=OPS, help="ops (default: all)")
+    if directions:
+        p.add_argument("--direction", nargs="+", choices=DIRECTIONS, help="directions (default: all)")
+    p.add_argument("--dtype", nargs="+", type=_argument(dtype_name), metavar="DTYPE",
+                   help="bfloat16, float16, float32 (or bf16, fp16, fp32)")
+    p.add_argument("--shape", nargs="+", type=_argument(parse_shape), metavar="ROWSxCOLS", help="shapes, e.g. 4096x32000")
+    p.add_argument("--provider", nargs="+", metavar="PROVIDER",
+                   help="registered names (softlight, torch, torch.compile, liger, quack, plugins), "
+                        "MODULE:ATTR or NAME=MODULE:ATTR")
+
+
+def _providers(args, default=None):
+    from softlight.bench import providers
+
+    return providers.resolve(args.provider or default)
+
+
 def cmd_check(args) -> int:
     from softlight.bench.check import format_table, run_check
 
-    shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shape] if args.shape else None
-    df = run_check(ops=args.op, dtypes=args.dtype, shapes=shapes)
+    df = run_check(ops=args.op, dtypes=args.dtype, shapes=args.shape, providers=_providers(args, ["softlight"]))
     print(format_table(df))
-    failed = df[df.status != "ok"]
-    print(f"\n{len(df) - len(failed)} passed, {len(failed)} failed")
+    failed = df[~df.status.isin(["ok", "unsupported"])]
+    unsupported = (df.status == "unsupported").sum()
+    print(f"\n{(df.status == 'ok').sum()} passed, {len(failed)} failed"
+          + (f", {unsupported} not implemented by the provider" if unsupported else ""))
     return 1 if len(failed) else 0
+
+
+def _rerender(out) -> int:
+    from softlight.bench import report, table
+
+    tables = sorted(Path(out).glob(f"*/{report.RESULTS_NAME}"))
+    for path in tables:
+        folder = report.render(table.read(path), out, source=path)
+        print(f"re-rendered {folder}/ from {path}")
+    if not tables:
+        report.write_index(out)
+        print(f"no results tables under {out}/ yet: nothing to re-render (index {out}/README.md written)")
+    return len(tables)
+
+
+def _bench_without_gpu(args, reason) -> int:
+    print(f"softlight bench: {reason}, so NO TIMING IS TAKEN: timings of Triton's interpreter are not "
+          "performance and are never recorded.\n"
+          "Checking every op against the float64 reference on small shapes instead.\n", flush=True)
+    status = cmd_check(args)
+    print()
+    _rerender(args.out)
+    print("\nNo timing was taken (no GPU). Run `make bench` on a machine with an NVIDIA GPU to benchmark.")
+    return status
+
+
+def _progress(work):
+    from tqdm import tqdm
+
+    bar = tqdm(work, unit="run", dynamic_ncols=True, file=sys.stderr)
+    for case, provider in bar:
+        bar.set_description(f"{case.op} {case.dtype} {case.rows}x{case.cols} {provider.name}")
+        yield case, provider
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    import softlight
+    from softlight.bench import grid, report, summary, table
+    from softlight.bench.measure import Case, CudaDevice, run_sweep
+    from softlight.bench.spec import slugify
+
+    if not torch.cuda.is_available():
+        return _bench_without_gpu(args, "no CUDA GPU here")
+    if softlight.INTERPRETED:
+        return _bench_without_gpu(args, "the kernels run on Triton's interpreter (TRITON_INTERPRET=1)")
+    chosen = _providers(args)
+    shapes, dtypes = grid.quick_grid() if args.quick else grid.default_grid()
+    shapes, dtypes = args.shape or shapes, args.dtype or dtypes
+    cases = [Case(op, dtype, rows, cols) for op in args.op or OPS for dtype in dtypes for rows, cols in shapes]
+    directions = args.direction or DIRECTIONS
+    device = CudaDevice()
+    print(f"softlight bench on {device.name}: {len(cases)} op/dtype/shape cases x {len(chosen)} providers "
+          f"({', '.join(p.name for p in chosen)}) x {len(directions)} directions", flush=True)
+    df = run_sweep(cases, chosen, device, directions, progress=_progress)
+
+    path = Path(args.out) / slugify(device.name) / report.RESULTS_NAME
+    if path.exists() and not args.fresh:
+        whole = table.merge(table.read(path), df)
+        print(f"\nmerged into {path}: {len(df)} results of this run, {len(whole) - len(df)} kept from earlier runs")
+    else:
+        whole = df
+    folder = report.render(whole, args.out)
+    print(f"\nreport: {folder}/README.md, table: {path}\n")
+    print(summary.format_text(df))
+    for line in summary.losses(df):
+        print(f"- {line}")
+    for provider, group in df[df.status == "unavailable"].groupby("provider"):
+        print(f"not timed: {provider} ({group.note.iloc[0]})")
+    ours_bad = df[(df.provider == summary.OURS) & df.status.isin(["wrong", "error"])]
+    return 1 if len(ours_bad) else 0
+
+
+def cmd_report(args) -> int:
+    from softlight.bench import report, summary, table
+
+    df = table.read(args.results)
+    folder = report.render(df, args.out, source=args.results)
+    print(f"report: {folder}/README.md (index: {Path(args.out) / 'README.md'})\n")
+    print(summary.format_text(df))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from softlight.bench import compare, table
+
+    result = compare.compare(table.read(args.old), table.read(args.new), args.threshold)
+    print(compare.format_text(result, show_all=args.all))
+    regressions = result[result.verdict.isin(["regression", "now failing"])]
+    if len(regressions):
+        print(f"\n{len(regressions)} regression(s): slower by more than {args.threshold:.0%} beyond the p20-p80 "
+              "spread, or no longer passing")
+        return 1
+    return 0
 
 
 def cmd_compile(args) -> int:
@@ -43,26 +183,53 @@ def cmd_compile(args) -> int:
     return aot.main(["--arch", *map(str, args.arch)] + (["--out", args.out] if args.out else []))
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="softlight", description="softlight kernels: check, compile")
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="softlight", description="softlight kernels: benchmark, report, compare, check, compile")
+    sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("check", help="verify every kernel against the float64 reference")
-    p.add_argument("--op", nargs="+", choices=["softmax", "log_softmax"], help="ops (default: all)")
-    p.add_argument("--dtype", nargs="+", choices=["float32", "float16", "bfloat16"], help="dtypes (default: all)")
-    p.add_argument("--shape", nargs="+", metavar="ROWSxCOLS", help="shapes, e.g. 4x1000 (default: a small grid)")
+    p = sub.add_parser("bench", help="check, then time, every op against every provider; write reports/<device>/")
+    _selection(p)
+    p.add_argument("--quick", action="store_true", help="a small grid: 4 column counts and one rows point, bf16 only")
+    p.add_argument("--out", default="reports", help="reports folder (default: reports)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start a new results table instead of merging into the device's existing one")
+    p.set_defaults(run=cmd_bench, needs_kernels=True)
+
+    p = sub.add_parser("report", help="render a report from a results table alone (no GPU needed)")
+    p.add_argument("results", help="a results table (CSV) written by softlight bench")
+    p.add_argument("--out", default="reports", help="reports folder; the report goes to OUT/<device>/ (default: reports)")
+    p.set_defaults(run=cmd_report, needs_kernels=False)
+
+    p = sub.add_parser("compare", help="what got faster or slower between two results tables; exit 1 on a regression")
+    p.add_argument("old", help="the baseline results table (CSV)")
+    p.add_argument("new", help="the results table to judge (CSV)")
+    p.add_argument("--threshold", type=_argument(_threshold), default=0.05,
+                   help="a slowdown beyond the spread counts as a regression past this fraction (default: 0.05)")
+    p.add_argument("--all", action="store_true", help="also list the results that did not change beyond the noise")
+    p.set_defaults(run=cmd_compare, needs_kernels=False)
+
+    p = sub.add_parser("check", help="verify every op against the float64 reference")
+    _selection(p, directions=False)
     p.set_defaults(run=cmd_check, needs_kernels=True)
 
     p = sub.add_parser("compile", help="compile every kernel variant ahead of time; report registers and spills")
     p.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (default: 90 80)")
     p.add_argument("--out", help="also write the Markdown table here")
     p.set_defaults(run=cmd_compile, needs_kernels=False)
+    return top
 
-    args = parser.parse_args(argv)
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    top = parser()
+    args = top.parse_args(argv)
     if args.needs_kernels:
         _ensure_runnable_kernels(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (UsageError, FileNotFoundError) as exc:
+        # Bad input (a table that is not one, a provider that cannot be loaded): say what, no traceback.
+        top.exit(2, f"softlight {args.command}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ else
     "$py" -m pip install --quiet --no-deps --no-build-isolation -e .
     missing=$("$py" -c "
 import importlib.util
-print(' '.join(m for m in ('numpy', 'pandas', 'matplotlib', 'pytest', 'hypothesis', 'scipy') if importlib.util.find_spec(m) is None))")
+print(' '.join(m for m in ('numpy', 'pandas', 'matplotlib', 'tqdm', 'pytest', 'hypothesis', 'scipy') if importlib.util.find_spec(m) is None))")
     if [ -n "$missing" ]; then
         echo "setup: $py lacks: $missing; trying to install them"
         "$py" -m pip install --quiet $missing

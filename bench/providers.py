@@ -1,0 +1,199 @@
+"""Providers: the implementations the benchmark runs side by side.
+
+A provider is a callable that takes an op name ("softmax", "log_softmax" or "cross_entropy")
+and returns the function computing that op, or None when it does not implement it:
+
+    def provider(op: str) -> Callable | Impl | None
+
+It is called once per op and shape, before that shape is checked and timed, so it may build
+per-shape state (torch.compile does). If it raises ImportError, the provider is reported as
+unavailable with the message, never timed. The function it returns receives tensors on the
+benchmark's device and returns a tensor that torch autograd can differentiate:
+
+    softmax, log_softmax:  fn(x) -> y          x: (rows, cols) contiguous, of the run's dtype;
+                                               y: softmax (log_softmax) over the last dim,
+                                               shape of x, dtype of x
+    cross_entropy:         fn(logits, target) -> loss
+                                               logits: (rows, cols) of the run's dtype;
+                                               target: (rows,) int64 class indices in [0, cols);
+                                               loss: the mean over rows, a 0-d tensor of any
+                                               float dtype
+
+Wrap the function in Impl to exclude directions it cannot be timed in alone (for example a
+backward pass that only rescales a gradient computed during forward) and to add a note.
+
+Built-in providers: softlight, torch (eager), torch.compile, liger (Liger-Kernel) and quack,
+the last two only when importable. Other providers come from `--provider MODULE:ATTR` (or
+NAME=MODULE:ATTR) and from the entry point group "softlight.providers" of installed packages.
+"""
+
+import importlib
+import importlib.metadata
+from dataclasses import dataclass
+from typing import Callable
+
+from .spec import DIRECTIONS, OPS, UsageError
+
+__all__ = ["Impl", "Provider", "BUILTIN", "ENTRY_POINT_GROUP", "registered", "resolve", "load_spec"]
+
+ENTRY_POINT_GROUP = "softlight.providers"
+
+
+@dataclass(frozen=True)
+class Impl:
+    """A provider's function for one op, with the directions it may be timed in."""
+
+    fn: Callable
+    directions: tuple[str, ...] = DIRECTIONS
+    note: str = ""
+
+    def __post_init__(self):
+        if not callable(self.fn):
+            raise TypeError(f"Impl.fn must be callable, got {type(self.fn).__name__}")
+        bad = [d for d in self.directions if d not in DIRECTIONS]
+        if bad:
+            raise ValueError(f"Impl.directions must be among {DIRECTIONS}, got {bad}")
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    make: Callable  # op -> Callable | Impl | None
+    origin: str
+
+    def implementation(self, op: str) -> Impl | None:
+        """The provider's Impl of `op`, or None. ImportError propagates: it means unavailable."""
+        if op not in OPS:
+            raise ValueError(f"op must be one of {OPS}, got {op!r}")
+        made = self.make(op)
+        if made is None or isinstance(made, Impl):
+            return made
+        if callable(made):
+            return Impl(made)
+        raise TypeError(f"provider {self.name!r} returned {type(made).__name__} for {op!r}; "
+                        "expected a function, an Impl or None")
+
+
+def _softlight(op):
+    import softlight
+
+    return {
+        "softmax": lambda x: softlight.softmax(x, -1),
+        "log_softmax": lambda x: softlight.log_softmax(x, -1),
+        "cross_entropy": softlight.cross_entropy,
+    }[op]
+
+
+def _torch(op):
+    import torch
+
+    return {
+        "softmax": lambda x: torch.softmax(x, -1),
+        "log_softmax": lambda x: torch.log_softmax(x, -1),
+        "cross_entropy": torch.nn.functional.cross_entropy,
+    }[op]
+
+
+def _torch_compile(op):
+    import torch
+
+    # A fresh compile for every shape: dynamo's cache is keyed by code object, and past its
+    # recompile limit it would silently run the eager function instead.
+    torch._dynamo.reset()
+    return torch.compile(_torch(op), dynamic=False, fullgraph=True)
+
+
+def _liger(op):
+    import liger_kernel.transformers.functional as liger
+
+    if op == "cross_entropy":
+        return Impl(liger.liger_cross_entropy, directions=("forward", "forward+backward"),
+                    note="Liger writes the gradient during forward; its backward only rescales it, so it is not timed alone")
+    if op == "softmax":
+        return getattr(liger, "liger_softmax", None)
+    return None
+
+
+def _quack(op):
+    import quack
+
+    if op == "softmax":
+        return quack.softmax
+    if op == "cross_entropy":
+        def cross_entropy(logits, target):
+            # Some quack versions return per-row losses by default.
+            loss = quack.cross_entropy(logits, target)
+            return loss if loss.dim() == 0 else loss.mean()
+        return cross_entropy
+    return None
+
+
+BUILTIN = {
+    "softlight": Provider("softlight", _softlight, "built-in"),
+    "torch": Provider("torch", _torch, "built-in: torch eager"),
+    "torch.compile": Provider("torch.compile", _torch_compile, "built-in: torch.compile(torch op), compile time excluded"),
+    "liger": Provider("liger", _liger, "built-in: Liger-Kernel (pip install liger-kernel)"),
+    "quack": Provider("quack", _quack, "built-in: quack (pip install quack-kernels)"),
+}
+
+
+def _entry_points():
+    return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+
+
+def registered() -> dict[str, Provider]:
+    """The built-in providers, then those of installed plugins (entry point group
+    "softlight.providers"; the entry point's name is the provider's name). A plugin that
+    fails to load is kept, and reported as unavailable when it runs."""
+    providers = dict(BUILTIN)
+    for ep in _entry_points():
+        if ep.name in providers:
+            raise UsageError(f"entry point {ep.value!r} in group {ENTRY_POINT_GROUP!r} reuses the provider name "
+                             f"{ep.name!r}; choose another name")
+
+        def make(op, ep=ep):
+            try:
+                target = ep.load()
+            except Exception as exc:  # a broken plugin is reported as unavailable, not fatal
+                raise ImportError(f"entry point {ep.value!r} failed to load: {exc}") from exc
+            return target(op)
+
+        providers[ep.name] = Provider(ep.name, make, f"entry point {ep.value}")
+    return providers
+
+
+def load_spec(spec: str) -> Provider:
+    """A provider from 'MODULE:ATTR' (named ATTR) or 'NAME=MODULE:ATTR'."""
+    name, _, target = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr or (("=" in spec) and not name):
+        raise UsageError(f"--provider {spec!r}: expected a provider name ({', '.join(registered())}), "
+                         "MODULE:ATTR or NAME=MODULE:ATTR")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--provider {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"--provider {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UsageError(f"--provider {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable provider")
+    return Provider(name or attr.rsplit(".", 1)[-1], obj, target)
+
+
+def resolve(specs=None) -> list[Provider]:
+    """Providers by name or spec, in order; every registered provider when `specs` is empty."""
+    known = registered()
+    if not specs:
+        return list(known.values())
+    chosen = []
+    for spec in specs:
+        provider = known.get(spec) or (load_spec(spec) if ":" in spec else None)
+        if provider is None:
+            raise UsageError(f"--provider {spec!r}: not a registered provider ({', '.join(known)}) "
+                             "nor MODULE:ATTR")
+        if provider.name in [p.name for p in chosen]:
+            raise UsageError(f"--provider: the name {provider.name!r} is given twice; name one NAME=MODULE:ATTR")
+        chosen.append(provider)
+    return chosen

@@ -1,0 +1,214 @@
+"""The `softlight` command on the CPU: check on tiny shapes, bench without a GPU, report and
+compare from tables alone, and bad input answered with a clear error."""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from bench_fakes import FakeDevice
+
+import softlight
+from softlight.bench import table
+from softlight.bench.cli import main
+
+EXAMPLE = Path(__file__).parent / "data" / "example-results.csv"
+FOLDER = "example-synthetic-not-measured"
+
+
+@pytest.fixture
+def small_table(tmp_path):
+    """The example's softmax forward rows: a report of few plots, quick to draw."""
+    df = table.read(EXAMPLE)
+    path = tmp_path / "small.csv"
+    table.write(df[(df.op == "softmax") & (df.direction == "forward")], path)
+    return path
+
+
+@pytest.fixture
+def wrong_provider(tmp_path, monkeypatch):
+    (tmp_path / "softlight_test_cli_provider.py").write_text(textwrap.dedent("""
+        import torch
+
+        def scaled(op):
+            return (lambda x: torch.softmax(x, -1) * 1.05) if op == "softmax" else None
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "softlight_test_cli_provider:scaled"
+    sys.modules.pop("softlight_test_cli_provider", None)
+
+
+def test_check_every_op_on_tiny_shapes(capsys):
+    status = main(["check", "--op", "softmax", "cross_entropy", "--dtype", "fp32", "bf16", "--shape", "2x64", "1x300"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "16 passed, 0 failed" in out  # 2 ops x 2 dtypes x 2 shapes x forward and backward
+    assert "cross_entropy  backward softlight bfloat16" in out
+
+
+def test_check_reports_a_wrong_user_provider(capsys, wrong_provider):
+    status = main(["check", "--op", "softmax", "cross_entropy", "--dtype", "fp32", "--shape", "2x64",
+                   "--provider", wrong_provider])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert out.count(" FAIL") == 2 and "0 passed, 2 failed, 2 not implemented by the provider" in out
+
+
+@pytest.mark.skipif(not softlight.INTERPRETED, reason="on a GPU, bench really benchmarks")
+def test_bench_without_gpu_checks_and_rerenders_but_never_times(tmp_path, capsys, small_table):
+    committed = tmp_path / "reports" / FOLDER / "results.csv"
+    committed.parent.mkdir(parents=True)
+    shutil.copy(small_table, committed)
+    before = committed.read_bytes()
+    out_dir = tmp_path / "reports"
+    status = main(["bench", "--op", "softmax", "--dtype", "fp32", "--shape", "2x64", "--out", str(out_dir)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "NO TIMING IS TAKEN" in out and "No timing was taken" in out and "2 passed, 0 failed" in out
+    assert (out_dir / FOLDER / "README.md").is_file() and (out_dir / "README.md").is_file()
+    # The committed table is re-rendered, not rewritten; no table of this machine appears.
+    assert committed.read_bytes() == before
+    assert list(out_dir.glob("*/results.csv")) == [committed]
+
+
+def test_bench_gpu_path_with_a_fake_timer(tmp_path, monkeypatch, capsys):
+    """The GPU branch of `softlight bench` (sweep, table, merge, report, summary) with the timer
+    injected; its table carries the fake device's name and stays under tmp_path."""
+    from softlight.bench import measure
+
+    monkeypatch.setattr(softlight, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(measure, "CudaDevice", FakeDevice)
+    common = ["--direction", "forward", "backward", "--dtype", "fp32", "--shape", "2x32", "--provider", "softlight", "torch",
+              "--out", str(tmp_path)]
+    assert main(["bench", "--op", "softmax", *common]) == 0
+    out = capsys.readouterr().out
+    assert "softlight bench on fake timer (not measured)" in out and "softlight % ceiling" in out
+    results = tmp_path / "fake-timer-not-measured" / "results.csv"
+    assert len(table.read(results)) == 4 and (results.parent / "README.md").is_file()
+    assert main(["bench", "--op", "log_softmax", *common]) == 0  # a split sweep builds one table
+    assert "4 kept from earlier runs" in capsys.readouterr().out
+    assert set(table.read(results).op) == {"softmax", "log_softmax"}
+    assert main(["bench", "--op", "log_softmax", "--fresh", *common]) == 0
+    assert set(table.read(results).op) == {"log_softmax"}
+
+
+def test_report_from_a_table_alone(tmp_path, capsys, small_table):
+    assert main(["report", str(small_table), "--out", str(tmp_path)]) == 0
+    assert f"{FOLDER}/README.md" in capsys.readouterr().out
+    assert (tmp_path / FOLDER / "plots").is_dir()
+
+
+def test_report_needs_no_kernels(tmp_path, small_table):
+    """The installed command, without TRITON_INTERPRET and without a GPU: no re-exec, no kernels."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-P", "-m", "softlight.bench.cli", "report", str(small_table), "--out", str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "interpreter" not in run.stderr
+    assert (tmp_path / FOLDER / "README.md").is_file()
+
+
+def test_report_rejects_what_is_not_a_results_table(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(bad), "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert "missing columns: op, direction" in capsys.readouterr().err
+
+
+def _variant(tmp_path, name, change):
+    df = table.read(EXAMPLE)
+    change(df)
+    path = tmp_path / name
+    table.write(df, path)
+    return str(path)
+
+
+def _softlight_row(df, op="softmax", direction="forward", cols=32000):
+    return (df.provider == "softlight") & (df.op == op) & (df.direction == direction) & (df.cols == cols)
+
+
+def _slower(factor, spread=0.01):
+    def change(df):
+        row = _softlight_row(df)
+        for q in ("ms_p50", "ms_p20", "ms_p80"):
+            df.loc[row, q] = df.loc[row, "ms_p50"] * factor
+        df.loc[row, "ms_p20"] *= 1 - spread
+        df.loc[row, "ms_p80"] *= 1 + spread
+    return change
+
+
+def test_compare_identical_tables_is_all_noise(capsys):
+    assert main(["compare", str(EXAMPLE), str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "within noise" in out and "regression" not in out
+
+
+def test_compare_flags_a_slowdown_past_the_threshold(tmp_path, capsys):
+    new = _variant(tmp_path, "new.csv", _slower(1.20))
+    assert main(["compare", str(EXAMPLE), new]) == 1
+    out = capsys.readouterr().out
+    assert "1 regression" in out
+    line = next(line for line in out.splitlines() if line.lstrip().startswith("regression"))
+    assert "softlight" in line and "32x32000" in line and "+20.0%" in line
+    # The same slowdown under a higher threshold is reported, but is no regression.
+    assert main(["compare", str(EXAMPLE), new, "--threshold", "0.25"]) == 0
+    assert "1 slower" in capsys.readouterr().out
+
+
+def test_compare_does_not_call_noise_a_regression(tmp_path, capsys):
+    # 10% slower in the median, but the spreads overlap: not a change.
+    noisy = _variant(tmp_path, "noisy.csv", _slower(1.10, spread=0.15))
+    assert main(["compare", str(EXAMPLE), noisy]) == 0
+    assert "regression" not in capsys.readouterr().out
+
+
+def test_compare_flags_a_result_that_stopped_passing_and_a_speedup(tmp_path, capsys):
+    def change(df):
+        df.loc[_softlight_row(df, op="cross_entropy"), ["status", "ms_p50", "ms_p20", "ms_p80", "gbps"]] = (
+            "wrong", None, None, None, None)
+        _slower(0.5)(df)
+    new = _variant(tmp_path, "new.csv", change)
+    assert main(["compare", str(EXAMPLE), new]) == 1
+    out = capsys.readouterr().out
+    assert "1 now failing" in out and "1 faster" in out
+
+
+def test_compare_refuses_tables_of_different_devices(tmp_path, capsys):
+    other = _variant(tmp_path, "other.csv", lambda df: df.__setitem__("device", "another GPU"))
+    with pytest.raises(SystemExit) as info:
+        main(["compare", str(EXAMPLE), other])
+    assert info.value.code == 2 and "different devices" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "--dtype", "int8"], "dtype must be one of"),
+    (["check", "--shape", "4096"], "ROWSxCOLS"),
+    (["check", "--op", "gelu"], "invalid choice: 'gelu'"),
+    (["bench", "--direction", "up"], "invalid choice: 'up'"),
+    (["check", "--provider", "nosuchprovider", "--shape", "1x8"], "--provider 'nosuchprovider'"),
+    (["compare", str(EXAMPLE), str(EXAMPLE), "--threshold", "-1"], "--threshold must be"),
+    (["report", "/nonexistent/results.csv"], "does not exist"),
+])
+def test_bad_input_is_a_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_check_rejects_bad_arguments():
+    from softlight.bench.check import run_check
+
+    with pytest.raises(ValueError, match="ops must be among"):
+        run_check(ops=["gelu"], shapes=[(1, 8)])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        run_check(dtypes=["int8"], shapes=[(1, 8)])
+    with pytest.raises(ValueError, match="shapes must be"):
+        run_check(shapes=[(0, 8)])

@@ -1,0 +1,110 @@
+"""Reports rendered from the committed, synthetic example table alone (no GPU, no kernels).
+
+The example's numbers were never measured: each time comes from a made-up round bandwidth
+(softlight 2400 GB/s on softmax and 1800 on cross-entropy, torch 1200 / 900, torch.compile
+1500 / 1200, liger 2000; softlight 1000 on softmax at 4 x 262144; ceiling 3000), so the
+expected figures below follow by hand. See tests/data/make_example_results.py.
+"""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from softlight.bench import report, summary, table
+
+EXAMPLE = Path(__file__).parent / "data" / "example-results.csv"
+FOLDER = "example-synthetic-not-measured"
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    (out / "compile.md").write_text("# compile report\n")
+    folder = report.render(table.read(EXAMPLE), out, source=EXAMPLE)
+    return out, folder
+
+
+def _geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def test_headline_numbers():
+    h = summary.headline(table.read(EXAMPLE)).set_index(["op", "direction", "dtype"])
+    soft = h.loc[("softmax", "forward", "bfloat16")]
+    # Five shapes at 2400 vs 1200 GB/s, one at 1000 vs 1200: speedup 2 five times, 1000/1200 once.
+    assert soft["vs torch"] == pytest.approx(_geomean([2.0] * 5 + [1000 / 1200]), rel=1e-5)  # times kept to 6 digits
+    assert soft["softlight_pct"] == pytest.approx(80.0)  # median of 2400/3000 x5 and 1000/3000
+    assert (soft.best, soft.best_wins, soft.shapes) == ("softlight", 5, 6)
+    ce = h.loc[("cross_entropy", "forward+backward", "bfloat16")]
+    assert (ce.best, ce.best_wins) == ("liger", 6)
+    assert ce["vs liger"] == pytest.approx(1800 / 2000, rel=1e-5)
+    # liger is never timed on cross-entropy backward alone: no speedup to state.
+    assert math.isnan(h.loc[("cross_entropy", "backward", "bfloat16"), "vs liger"])
+
+
+def test_losses_are_stated_plainly():
+    lines = summary.losses(table.read(EXAMPLE))
+    assert any(line.startswith("cross_entropy forward+backward bfloat16: softlight is slower than liger on 6 of 6")
+               for line in lines)
+    assert any("slower than torch on 1 of 6 shapes (worst 0.83x at 4x262144" in line for line in lines)
+
+
+def test_report_folder_has_table_page_and_plots(rendered):
+    out, folder = rendered
+    assert folder == out / FOLDER
+    pd.testing.assert_frame_equal(table.read(folder / "results.csv"), table.read(EXAMPLE))
+    plots = {p.name for p in (folder / "plots").iterdir()}
+    expected = {f"gbps-{op}-{d}-bfloat16.png" for op in ("softmax", "cross_entropy")
+                for d in ("forward", "backward", "forward-backward")}
+    expected |= {f"{kind}-{op}-bfloat16.png" for kind in ("speedup", "memory") for op in ("softmax", "cross_entropy")}
+    assert plots == expected
+    for name in plots:
+        assert (folder / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_page_content(rendered):
+    _, folder = rendered
+    page = (folder / "README.md").read_text()
+    assert page.startswith("# softlight benchmark: example-synthetic (not measured)")
+    assert "| 2000-01-01T00:00:00Z | `synthetic` | synthetic | synthetic | 3000 GB/s | 180 |" in page
+    assert "| softmax | forward | bfloat16 | softlight (5 of 6 shapes) | 2400 | 80% | 1.73x | 1.38x | 1.01x |" in page
+    assert "| cross_entropy | backward | bfloat16 | softlight (6 of 6 shapes) | 1800 | 60% | 2.00x | 1.50x | - |" in page
+    assert "## Where softlight loses" in page and "slower than liger on 6 of 6 shapes" in page
+    assert "Not timed at all: `quack` (ModuleNotFoundError: No module named 'quack')." in page
+    assert "| `liger` | softmax | forward | bfloat16 | wrong | 1 | 5.00e-01 |" in page
+    assert "| 4 x 262144 | 33% | 1000 | 1200 | 1500 | 2000 |" in page
+    for link in [line for line in page.splitlines() if line.startswith("![")]:
+        assert (folder / link[link.index("](") + 2:-1]).is_file(), link
+
+
+def test_index_lists_compile_report_and_devices(rendered):
+    out, _ = rendered
+    index = (out / "README.md").read_text()
+    assert "[`compile.md`](compile.md)" in index
+    assert f"[`{FOLDER}/`]({FOLDER}/README.md)" in index
+    assert "benchmark on example-synthetic (not measured): 180 results from 1 run(s)" in index
+
+
+def test_index_without_devices_says_nothing_was_run(tmp_path):
+    index = report.write_index(tmp_path).read_text()
+    assert "No benchmark has been run on a GPU yet" in index
+    assert "compile.md" not in index
+
+
+def test_rerender_drops_stale_plots(tmp_path):
+    df = table.read(EXAMPLE)
+    df = df[df.direction == "forward"]
+    report.render(df, tmp_path)
+    report.render(df[df.op == "softmax"], tmp_path)
+    names = {p.name for p in (tmp_path / FOLDER / "plots").iterdir()}
+    assert names and not any("cross_entropy" in n for n in names)
+    assert "cross_entropy" not in (tmp_path / FOLDER / "README.md").read_text()
+
+
+def test_a_report_covers_one_device(tmp_path):
+    df = table.read(EXAMPLE)
+    other = df.assign(device="another GPU")
+    with pytest.raises(ValueError, match="one device"):
+        report.render(pd.concat([df, other]), tmp_path)
