@@ -5,11 +5,14 @@
     softlight report RESULTS.csv    render a report from a results table alone (no GPU needed)
     softlight compare OLD NEW       what got faster or slower between two results tables
     softlight check                 every op against the float64 reference, as a table
+    softlight stability             the adversarial catalogue, in ulps against exact answers; writes
+                                    reports/<device>/stability.md (.csv, .png)
     softlight compile               ahead-of-time compile of every kernel variant (registers, spills)
 
-Without a GPU the kernels run through Triton's interpreter: `check` and `bench` restart
-themselves with TRITON_INTERPRET=1 (which must be set before triton is imported) and say so.
-There `bench` takes no timing at all: it checks every op and re-renders the committed reports.
+Without a GPU the kernels run through Triton's interpreter: `check`, `stability` and `bench`
+restart themselves with TRITON_INTERPRET=1 (which must be set before triton is imported) and say
+so. There `bench` takes no timing at all: it checks every op, re-renders the committed reports
+and writes the stability study to reports/interpreter/ (correctness does not depend on the device).
 """
 
 import argparse
@@ -102,8 +105,42 @@ def _bench_without_gpu(args, reason) -> int:
     status = cmd_check(args)
     print()
     _rerender(args.out)
+    if not args.no_stability:
+        print()
+        status |= _stability(args.out, dtypes=args.dtype)
     print("\nNo timing was taken (no GPU). Run `make bench` on a machine with an NVIDIA GPU to benchmark.")
     return status
+
+
+def _stability(out, dtypes=None, cases=None) -> int:
+    """Run the stability study into <out>/<device>/ and refresh the index; 1 if softlight gave a
+    non-finite output where the exact answer is finite."""
+    from softlight.bench import report, stability
+    from softlight.bench.spec import slugify
+
+    label = stability.device_label()
+    folder = Path(out) / slugify(label)
+    print(f"softlight stability on {label}: {len(cases or stability.CATALOGUE)} cases of the catalogue", flush=True)
+    df = stability.run_study(dtypes=dtypes, cases=cases)
+    title = f"Numerical stability: {label}" + (" (Triton's interpreter on the CPU)" if label == "interpreter" else "")
+    stability.write_report(df, str(folder), title)
+    report.write_index(out)
+    print(stability.summary(df[df.provider.isin(["softlight", "torch"])]).to_string(index=False))
+    bad = int(df[df.provider == "softlight"].nonfinite_where_finite.sum())
+    print(f"\nwrote {folder}/{stability.PAGE} (.csv, .png); softlight outputs non-finite where the exact answer "
+          f"is finite: {bad}")
+    return 1 if bad else 0
+
+
+def cmd_stability(args) -> int:
+    from softlight.bench import stability
+
+    names = [c.name for c in stability.CATALOGUE]
+    unknown = [c for c in args.case or [] if c not in names]
+    if unknown:
+        raise UsageError(f"--case: unknown case(s) {', '.join(map(repr, unknown))}; the catalogue has: {', '.join(names)}")
+    cases = args.case or (sorted(stability.QUICK) if args.quick else None)
+    return _stability(args.out, dtypes=args.dtype, cases=cases)
 
 
 def _progress(work):
@@ -151,7 +188,11 @@ def cmd_bench(args) -> int:
     for provider, group in df[df.status == "unavailable"].groupby("provider"):
         print(f"not timed: {provider} ({group.note.iloc[0]})")
     ours_bad = df[(df.provider == summary.OURS) & df.status.isin(["wrong", "error"])]
-    return 1 if len(ours_bad) else 0
+    unstable = 0
+    if not args.no_stability:
+        print()
+        unstable = _stability(args.out, dtypes=args.dtype)
+    return 1 if len(ours_bad) or unstable else 0
 
 
 def cmd_report(args) -> int:
@@ -193,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="reports folder (default: reports)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new results table instead of merging into the device's existing one")
+    p.add_argument("--no-stability", action="store_true",
+                   help="skip the stability study that bench runs last (see softlight stability)")
     p.set_defaults(run=cmd_bench, needs_kernels=True)
 
     p = sub.add_parser("report", help="render a report from a results table alone (no GPU needed)")
@@ -211,6 +254,15 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="verify every op against the float64 reference")
     _selection(p, directions=False)
     p.set_defaults(run=cmd_check, needs_kernels=True)
+
+    p = sub.add_parser("stability", help="the adversarial catalogue through softlight, torch and the references, "
+                                         "in ulps against exact answers; write reports/<device>/stability.md")
+    p.add_argument("--dtype", nargs="+", type=_argument(dtype_name), metavar="DTYPE",
+                   help="bfloat16, float16, float32 (or bf16, fp16, fp32; default: all)")
+    p.add_argument("--case", nargs="+", metavar="CASE", help="cases of the catalogue, by name (default: all)")
+    p.add_argument("--quick", action="store_true", help="only a few representative cases")
+    p.add_argument("--out", default="reports", help="reports folder; the page goes to OUT/<device>/ (default: reports)")
+    p.set_defaults(run=cmd_stability, needs_kernels=True)
 
     p = sub.add_parser("compile", help="compile every kernel variant ahead of time; report registers and spills")
     p.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (default: 90 80)")

@@ -15,6 +15,7 @@ __all__ = ["RESULTS_NAME", "render", "write_index"]
 
 RESULTS_NAME = "results.csv"
 COMPILE_REPORT = "compile.md"
+STABILITY_PAGE = "stability.md"  # written by softlight.bench.stability
 
 
 def _device(df: pd.DataFrame) -> str:
@@ -156,6 +157,9 @@ def render(df: pd.DataFrame, out_root, source=None) -> Path:
     lines += _environment(df) + ["", HOW_TO_READ] + _summary(df)
     not_timed = _not_timed(df)
     lines += ([""] + not_timed) if not_timed else []
+    if (folder / STABILITY_PAGE).exists():
+        lines += ["", "## Numerical stability", "",
+                  f"The adversarial catalogue on this device, in ulps against exact answers: [`{STABILITY_PAGE}`]({STABILITY_PAGE})."]
     lines += _details(df, plot_names)
     (folder / "README.md").write_text("\n".join(lines) + "\n")
     write_index(out_root)
@@ -171,6 +175,10 @@ def write_index(out_root) -> Path:
         rows.append([f"[`{COMPILE_REPORT}`]({COMPILE_REPORT})", "every kernel variant compiled ahead of time for sm_90 "
                      "and sm_80: registers, spills, vector loads", "`make compile`"])
     devices = sorted(p.parent for p in root.glob(f"*/{RESULTS_NAME}"))
+    for folder in sorted(p.parent for p in root.glob(f"*/{STABILITY_PAGE}")):
+        rows.append([f"[`{folder.name}/{STABILITY_PAGE}`]({folder.name}/{STABILITY_PAGE})",
+                     "numerical stability: the adversarial catalogue in ulps against exact answers, softlight beside "
+                     "torch and the naive and stable formulas", "`softlight stability` (part of `make bench`)"])
     for folder in devices:
         df = table.read(folder / RESULTS_NAME)
         runs = table.runs(df)

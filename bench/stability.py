@@ -452,13 +452,16 @@ def plot(df: pd.DataFrame, path: str, title: str):
     plt.close(fig)
 
 
+PAGE = "stability.md"
+
+
 def write_report(df: pd.DataFrame, out_dir: str, title: str):
     """stability.csv, stability.md and stability.png in out_dir."""
     import os
 
     os.makedirs(out_dir, exist_ok=True)
     df.to_csv(os.path.join(out_dir, "stability.csv"), index=False)
-    with open(os.path.join(out_dir, "stability.md"), "w") as f:
+    with open(os.path.join(out_dir, PAGE), "w") as f:
         f.write(markdown(df, title))
     plot(df, os.path.join(out_dir, "stability.png"), title)
 
@@ -468,34 +471,3 @@ def device_label() -> str:
     if softlight.INTERPRETED:
         return "interpreter"
     return torch.cuda.get_device_name()
-
-
-def main(argv=None) -> int:
-    import argparse
-    import os
-    import re
-
-    parser = argparse.ArgumentParser(prog="softlight stability", description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), help="dtypes (default: all)")
-    parser.add_argument("--case", nargs="+", choices=[c.name for c in CATALOGUE], metavar="CASE",
-                        help="cases of the catalogue (default: all)")
-    parser.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} representative cases")
-    parser.add_argument("--out", help="folder for stability.csv/.md/.png (default: reports/<device>)")
-    args = parser.parse_args(argv)
-    label = device_label()
-    out = args.out or os.path.join("reports", re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-"))
-    cases = args.case or (sorted(QUICK) if args.quick else None)
-    df = run_study(dtypes=args.dtype, cases=cases)
-    title = f"Numerical stability: {label}" + (" (Triton interpreter on the CPU)" if label == "interpreter" else "")
-    write_report(df, out, title)
-    ours = df[df.provider == "softlight"]
-    bad = int(ours.nonfinite_where_finite.sum())
-    print(summary(df[df.provider.isin(["softlight", "torch"])]).to_string(index=False))
-    print(f"\nwrote {out}/stability.md, .csv, .png; softlight non-finite outputs where the exact answer is finite: {bad}")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

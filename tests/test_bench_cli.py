@@ -65,7 +65,7 @@ def test_bench_without_gpu_checks_and_rerenders_but_never_times(tmp_path, capsys
     shutil.copy(small_table, committed)
     before = committed.read_bytes()
     out_dir = tmp_path / "reports"
-    status = main(["bench", "--op", "softmax", "--dtype", "fp32", "--shape", "2x64", "--out", str(out_dir)])
+    status = main(["bench", "--op", "softmax", "--dtype", "fp32", "--shape", "2x64", "--out", str(out_dir), "--no-stability"])
     out = capsys.readouterr().out
     assert status == 0
     assert "NO TIMING IS TAKEN" in out and "No timing was taken" in out and "2 passed, 0 failed" in out
@@ -84,7 +84,7 @@ def test_bench_gpu_path_with_a_fake_timer(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(measure, "CudaDevice", FakeDevice)
     common = ["--direction", "forward", "backward", "--dtype", "fp32", "--shape", "2x32", "--provider", "softlight", "torch",
-              "--out", str(tmp_path)]
+              "--out", str(tmp_path), "--no-stability"]
     assert main(["bench", "--op", "softmax", *common]) == 0
     out = capsys.readouterr().out
     assert "softlight bench on fake timer (not measured)" in out and "softlight % ceiling" in out
@@ -95,6 +95,17 @@ def test_bench_gpu_path_with_a_fake_timer(tmp_path, monkeypatch, capsys):
     assert set(table.read(results).op) == {"softmax", "log_softmax"}
     assert main(["bench", "--op", "log_softmax", "--fresh", *common]) == 0
     assert set(table.read(results).op) == {"log_softmax"}
+
+
+def test_stability_writes_its_page_and_indexes_it(tmp_path, capsys):
+    status = main(["stability", "--case", "scale 1", "+inf entry", "--dtype", "bf16", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert status == 0 and "2 cases of the catalogue" in out
+    folder = tmp_path / ("interpreter" if softlight.INTERPRETED else "")
+    if softlight.INTERPRETED:
+        page = (folder / "stability.md").read_text()
+        assert "| scale 1 |" in page and "| +inf entry |" in page and "| float32 |" not in page
+        assert "interpreter/stability.md" in (tmp_path / "README.md").read_text()
 
 
 def test_report_from_a_table_alone(tmp_path, capsys, small_table):
@@ -195,6 +206,7 @@ def test_compare_refuses_tables_of_different_devices(tmp_path, capsys):
     (["check", "--provider", "nosuchprovider", "--shape", "1x8"], "--provider 'nosuchprovider'"),
     (["compare", str(EXAMPLE), str(EXAMPLE), "--threshold", "-1"], "--threshold must be"),
     (["report", "/nonexistent/results.csv"], "does not exist"),
+    (["stability", "--case", "scale 2"], "--case: unknown case(s) 'scale 2'"),
 ])
 def test_bad_input_is_a_clear_error(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
