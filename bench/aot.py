@@ -103,16 +103,6 @@ def recording(module, launches, label):
             setattr(module, k, v)
 
 
-class _Ctx:
-    """Enough of an autograd context to call a Function's forward and backward directly."""
-
-    needs_input_grad = (True,) + (False,) * 9
-    saved_tensors = ()
-
-    def save_for_backward(self, *tensors):
-        self.saved_tensors = tensors
-
-
 def _softmax_launches(launches):
     from softlight.launch import ROW_BLOCK_LIMIT
 
@@ -123,8 +113,8 @@ def _softmax_launches(launches):
             x = torch.empty(64, n_cols, dtype=dtype, device="meta")
             with recording(fused_softmax, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols"):
                 for log in (False, True):
-                    y = fused_softmax._forward(x, 1, dtype, 1.0, log)
-                    fused_softmax._backward(y, torch.empty_like(y), 1, dtype, 1.0, log)
+                    y = fused_softmax._forward(x, 1, dtype, 1.0, log, False)
+                    fused_softmax._backward(y, torch.empty_like(y), 1, dtype, 1.0, log, False)
 
 
 CROSS_ENTROPY_OPTIONS = {
@@ -145,13 +135,13 @@ def _cross_entropy_launches(launches):
                     x = torch.empty(rows, n_cols, dtype=dtype, device="meta")
                     target = torch.empty_like(x) if soft else torch.empty(rows, dtype=torch.int64, device="meta")
                     weight = torch.empty(n_cols, dtype=torch.float32, device="meta") if has_weight else None
-                    ctx, saved = _Ctx(), launch_module.TARGET_PROGRAMS
+                    saved = launch_module.TARGET_PROGRAMS
                     launch_module.TARGET_PROGRAMS = 528 if split else 1  # 4 per SM on an H100
                     try:
                         with recording(fused_cross_entropy, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols, {name}"):
-                            opts = fused_cross_entropy.CrossEntropyOptions(-100, smoothing, 1.0, 1e-4, softcap)
-                            fused_cross_entropy.CrossEntropyFunction.forward(ctx, x, target, weight, "mean", opts, False)
-                            fused_cross_entropy.CrossEntropyFunction.backward(ctx, torch.ones((), device="meta"))
+                            options = ("mean", -100, smoothing, 1.0)
+                            loss, *stats = fused_cross_entropy._forward_op(x, target, weight, *options, 1e-4, softcap, "nan")
+                            fused_cross_entropy._backward_op(torch.ones_like(loss), x, target, weight, *stats, *options, softcap)
                     finally:
                         launch_module.TARGET_PROGRAMS = saved
 

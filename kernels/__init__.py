@@ -12,6 +12,7 @@ softlight.bench the benchmark and report tools.
 from .launch import INTERPRETED, launch_config
 from .fused_cross_entropy import CrossEntropyLoss, cross_entropy
 from .fused_softmax import LogSoftmax, Softmax, log_softmax, softmax
+from .swap import swap_modules
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "LogSoftmax",
     "cross_entropy",
     "CrossEntropyLoss",
+    "swap_modules",
     "launch_config",
     "INTERPRETED",
 ]

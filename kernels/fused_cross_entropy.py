@@ -30,6 +30,7 @@ the row; backward needs no combine.
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -38,12 +39,13 @@ import triton
 import triton.language as tl
 
 from .launch import (
-    INTERPRETED,
     accumulator,
     check_device,
     check_float_tensor,
     check_temperature,
     launch_config,
+    launchable,
+    register_op,
     row_layout,
     row_offset,
     split_count,
@@ -364,27 +366,28 @@ def _flags(x, target, weight, opts):
                 SMOOTH=soft or opts.label_smoothing > 0, PRECISE=x.dtype == torch.float32, ACC=accumulator(x.dtype))
 
 
-def forward_rows(x, target, weight, opts: CrossEntropyOptions) -> RowStats:
+def forward_rows(x, target, weight, opts: CrossEntropyOptions, launch=True) -> RowStats:
     """Per-row loss and backward statistics of logits x (N, C, d1, ...) with classes on dim 1, for
-    class indices (N, d1, ...) or probabilities shaped like x. Launches forward (and combine)."""
+    class indices (N, d1, ...) or probabilities shaped like x. Launches forward (and combine);
+    with launch=False only allocates (the fake implementation)."""
     soft = target.is_floating_point()
     n_cols = x.shape[1]
     layout, x, tensors, strides = _row_views(x, {} if soft else {"target": target}, {"target": target} if soft else {})
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     stats = RowStats(*(torch.empty(x.shape[:1] + x.shape[2:], dtype=acc, device=x.device) for _ in RowStats._fields))
     cfg, n_splits, cols_per_split = _plan(layout.n_rows, n_cols, x.dtype, soft or weight is not None, x.device)
-    if not layout.n_rows:
+    if not layout.n_rows or not launch:
         return stats
     partial = torch.empty((layout.n_rows, n_splits, 5) if n_splits > 1 else 1, dtype=acc, device=x.device)
     weight_arg = weight if weight is not None else stats.loss  # not read without HAS_WEIGHT
     flags = _flags(x, target, weight, opts)
-    cross_entropy_forward_kernel[(layout.n_rows, n_splits)](
+    launchable(cross_entropy_forward_kernel)[(layout.n_rows, n_splits)](
         x, *strides["x"], tensors["target"], *strides["target"], weight_arg, partial, *stats,
         n_cols, layout.n_inner, cols_per_split, *opts.scalars(),
         **flags, SPLIT=n_splits > 1, BLOCK=cfg.block, num_warps=cfg.num_warps,
     )
     if n_splits > 1:
-        cross_entropy_combine_kernel[(layout.n_rows,)](
+        launchable(cross_entropy_combine_kernel)[(layout.n_rows,)](
             x, *strides["x"], tensors["target"], *strides["target"][:2], weight_arg, partial, *stats,
             n_cols, layout.n_inner, n_splits, *opts.scalars(),
             **flags, SPLITS_BLOCK=triton.next_power_of_2(n_splits), num_warps=1,
@@ -392,7 +395,7 @@ def forward_rows(x, target, weight, opts: CrossEntropyOptions) -> RowStats:
     return stats
 
 
-def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats, grad_rows, out):
+def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats, grad_rows, out, launch=True):
     """Write d loss / d x into `out` (shaped like x; it may be x itself), given the incoming
     gradient of each row's loss (`grad_rows`, shaped like the rows; broadcast views welcome)."""
     soft = target.is_floating_point()
@@ -401,8 +404,8 @@ def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats,
     layout, xs, tensors, strides = _row_views(x, per_row, per_class)
     n_cols = x.shape[1]
     cfg, n_splits, cols_per_split = _plan(layout.n_rows, n_cols, x.dtype, soft or weight is not None, x.device)
-    if layout.n_rows and n_cols:
-        cross_entropy_backward_kernel[(layout.n_rows, n_splits)](
+    if layout.n_rows and n_cols and launch:
+        launchable(cross_entropy_backward_kernel)[(layout.n_rows, n_splits)](
             xs, *strides["x"], tensors["target"], *strides["target"],
             weight if weight is not None else stats.row_max,  # not read without HAS_WEIGHT
             tensors["grad"], *strides["grad"][:2],
@@ -417,13 +420,14 @@ def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats,
 
 
 def reduce_rows(stats: RowStats, reduction: str, row_shape, all_ignored: str = "nan"):
-    """The loss as `reduction` says, and the mean's denominator (None otherwise). A mean over
-    no kept row is 0/0: NaN as in torch, or 0 with all_ignored="zero"."""
+    """The loss as `reduction` says, and the denominator of a mean: the summed weights of the
+    rows kept (their count without weights). A mean over no kept row is 0/0: NaN as in torch,
+    or 0 with all_ignored="zero"."""
+    total = stats.denom.sum()
     if reduction == "none":
-        return stats.loss.reshape(row_shape), None
+        return stats.loss.reshape(row_shape), total
     if reduction == "sum":
-        return stats.loss.sum(), None
-    total = stats.denom.sum()  # summed weights of the rows kept (their count without weights)
+        return stats.loss.sum(), total
     loss = stats.loss.sum() / total
     if all_ignored == "zero":
         loss = torch.where(total != 0, loss, torch.zeros_like(loss))
@@ -440,15 +444,122 @@ def rows_gradient(grad_loss, reduction, total, row_shape):
     return grad_loss.expand(row_shape)
 
 
+def _check_targets(target, n_classes, ignore_index):
+    """IndexError for a class index outside [0, C) that is not ignore_index: only where checking
+    costs nothing (CPU tensors); on a GPU it would synchronise, and such rows give NaN instead."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if bool(bad.any()):
+        raise IndexError(f"Target {int(target[bad].flatten()[0])} is out of bounds.")
+
+
+def _forward_op(input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap,
+                all_ignored, launch=True):
+    if launch and not target.is_floating_point() and input.device.type == "cpu":
+        _check_targets(target, input.shape[1] if input.dim() > 1 else input.shape[0], ignore_index)
+    opts = CrossEntropyOptions(ignore_index, label_smoothing, inv_temperature, z_loss, softcap)
+    x, target_rows = _as_rows(input, target)
+    stats = forward_rows(x, target_rows, weight, opts, launch)
+    loss, total = reduce_rows(stats, reduction, input.shape[:1] + input.shape[2:] if input.dim() > 1 else (), all_ignored)
+    return loss, stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1, total
+
+
+def _backward_op(grad_loss, input, target, weight, row_max, norm, k_rest, pt_minus_1, total, reduction, ignore_index,
+                 label_smoothing, inv_temperature, softcap, launch=True):
+    opts = CrossEntropyOptions(ignore_index, label_smoothing, inv_temperature, 0.0, softcap)
+    x, target_rows = _as_rows(input, target)
+    grad_rows = rows_gradient(grad_loss, reduction, total, x.shape[:1] + x.shape[2:])
+    dx = torch.empty_like(x)
+    backward_rows(x, target_rows, weight, opts, RowStats(None, row_max, norm, k_rest, pt_minus_1, None), grad_rows, dx,
+                  launch)
+    return dx.reshape(input.shape)
+
+
+@register_op("cross_entropy", fake=lambda *args: _forward_op(*args, launch=False))
+def cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: str,
+                     ignore_index: int, label_smoothing: float, inv_temperature: float, z_loss: float,
+                     softcap: float | None, all_ignored: str
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, row max, normaliser, k_rest, p_t - 1, denominator of a mean): the loss and what
+    backward needs (RowStats)."""
+    return _forward_op(input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap,
+                       all_ignored)
+
+
+@register_op("cross_entropy_backward", fake=lambda *args: _backward_op(*args, launch=False))
+def cross_entropy_backward_op(grad_loss: torch.Tensor, input: torch.Tensor, target: torch.Tensor,
+                              weight: torch.Tensor | None, row_max: torch.Tensor, norm: torch.Tensor,
+                              k_rest: torch.Tensor, pt_minus_1: torch.Tensor, total: torch.Tensor, reduction: str,
+                              ignore_index: int, label_smoothing: float, inv_temperature: float,
+                              softcap: float | None) -> torch.Tensor:
+    return _backward_op(grad_loss, input, target, weight, row_max, norm, k_rest, pt_minus_1, total, reduction,
+                        ignore_index, label_smoothing, inv_temperature, softcap)
+
+
+def _setup_context(ctx, inputs, output):
+    input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap, _ = inputs
+    _, row_max, norm, k_rest, pt_minus_1, total = output
+    ctx.save_for_backward(input, target, weight, row_max, norm, k_rest, pt_minus_1, total)
+    ctx.reduction = reduction
+    ctx.opts = CrossEntropyOptions(ignore_index, label_smoothing, inv_temperature, z_loss, softcap)
+
+
+def _autograd_backward(ctx, grad_loss, *_):
+    input, target, weight, row_max, norm, k_rest, pt_minus_1, total = ctx.saved_tensors
+    o = ctx.opts
+    x, target_rows = _as_rows(input, target)
+    grad_rows = rows_gradient(grad_loss, ctx.reduction, total, x.shape[:1] + x.shape[2:])
+    grad_target = None
+    if target.is_floating_point() and ctx.needs_input_grad[1]:
+        stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
+        grad_target = _soft_target_grad(x, weight, stats, grad_rows, o).to(target.dtype).reshape(target.shape)
+    if torch.is_grad_enabled():
+        dx = _differentiable_gradient(x, target_rows, weight, o, grad_rows).reshape(input.shape)
+    else:
+        dx = cross_entropy_backward_op(grad_loss, input, target, weight, row_max, norm, k_rest, pt_minus_1, total,
+                                       ctx.reduction, o.ignore_index, o.label_smoothing, o.inv_temperature, o.softcap)
+    return dx, grad_target, None, None, None, None, None, None, None, None
+
+
+cross_entropy_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def _differentiable_gradient(x, target, weight, o, grad_rows):
+    """The gradient in torch ops, for create_graph=True (double backward): g (p k - u) dz/dx."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xx = x.to(acc)
+    y = xx if o.softcap is None else o.softcap * torch.tanh(xx / o.softcap)
+    z = y * o.inv_temperature
+    p = torch.softmax(z, 1)
+    lse = torch.logsumexp(z, 1, keepdim=True)
+    n_classes = x.shape[1]
+    w = torch.ones(n_classes, dtype=acc, device=x.device) if weight is None else weight.to(acc)
+    w = w.reshape([-1 if i == 1 else 1 for i in range(x.dim())])
+    if target.is_floating_point():
+        u = w * ((1 - o.label_smoothing) * target.to(acc) + o.label_smoothing / n_classes)
+        kept = torch.ones_like(lse, dtype=torch.bool)
+    else:
+        kept = (target != o.ignore_index).unsqueeze(1)
+        onehot = torch.nn.functional.one_hot(torch.where(kept.squeeze(1), target, 0), n_classes).movedim(-1, 1).to(acc)
+        u = (w * ((1 - o.label_smoothing) * onehot + o.label_smoothing / n_classes)) * kept
+    k = u.sum(1, keepdim=True) + torch.where(kept, 2 * o.z_loss * lse, 0.0)
+    grad = (p * k - u) * o.inv_temperature
+    if o.softcap is not None:
+        grad = grad * (1 - (y / o.softcap) ** 2)
+    return (grad_rows.unsqueeze(1).to(acc) * grad).to(x.dtype)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
+    """The in-place path (inplace_backward=True): an autograd.Function, eager mode only, that
+    writes the gradient into the logits and bumps their version counter."""
+
     @staticmethod
-    def forward(ctx, input, target, weight, reduction, opts, inplace_backward, all_ignored="nan"):
+    def forward(ctx, input, target, weight, reduction, opts, all_ignored):
         x, target_rows = _as_rows(input, target)
         stats = forward_rows(x, target_rows, weight, opts)
         row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
         loss, total = reduce_rows(stats, reduction, row_shape, all_ignored)
         ctx.save_for_backward(input, target, weight, stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1, total)
-        ctx.reduction, ctx.opts, ctx.inplace = reduction, opts, inplace_backward
+        ctx.reduction, ctx.opts = reduction, opts
         return loss
 
     @staticmethod
@@ -459,18 +570,14 @@ class CrossEntropyFunction(torch.autograd.Function):
         x, target_rows = _as_rows(input, target)
         grad_rows = rows_gradient(grad_loss, ctx.reduction, total, x.shape[:1] + x.shape[2:])
         stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
-
         grad_target = None
         if target.is_floating_point() and ctx.needs_input_grad[1]:
             grad_target = _soft_target_grad(x, weight, stats, grad_rows, ctx.opts).to(target.dtype).reshape(target.shape)
-
-        dx = x if ctx.inplace else torch.empty_like(x)
-        backward_rows(x, target_rows, weight, ctx.opts, stats, grad_rows, dx)
-        if ctx.inplace:
-            # The logits now hold their gradient: any other use of them in the graph must fail
-            # loudly (saved-tensor version check), never read the gradient as logits.
-            torch.autograd.graph.increment_version(input)
-        return dx.reshape(input.shape), grad_target, None, None, None, None, None
+        backward_rows(x, target_rows, weight, ctx.opts, stats, grad_rows, x)
+        # The logits now hold their gradient: any other use of them in the graph must fail
+        # loudly (saved-tensor version check), never read the gradient as logits.
+        torch.autograd.graph.increment_version(input)
+        return x.reshape(input.shape), grad_target, None, None, None, None
 
 
 def _soft_target_grad(x, weight, stats, grad_rows, opts):
@@ -566,21 +673,30 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     if inplace_backward and input.requires_grad and input.is_leaf:
         raise ValueError(f"{fn}: inplace_backward=True would overwrite a leaf tensor's values with its gradient; "
                          "use it on logits computed by an op, or leave it False")
-    if not target.is_floating_point() and (INTERPRETED or input.device.type == "cpu"):
-        # Checking costs nothing here (no GPU to synchronise with); on a GPU such rows give NaN.
-        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if bool(bad.any()):
-            raise IndexError(f"Target {int(target[bad].flatten()[0])} is out of bounds.")
-    opts = CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
-    return CrossEntropyFunction.apply(input, target, weight, reduction, opts, bool(inplace_backward), all_ignored)
+    if inplace_backward:
+        if input.device.type == "cpu" and not target.is_floating_point():
+            _check_targets(target, n_classes, ignore_index)
+        opts = CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
+        return CrossEntropyFunction.apply(input, target, weight, reduction, opts, all_ignored)
+    return cross_entropy_op(input, target, weight, reduction, ignore_index, smoothing, 1.0 / temperature, z_loss, softcap,
+                            all_ignored)[0]
 
 
 class CrossEntropyLoss(torch.nn.Module):
-    """Drop-in for torch.nn.CrossEntropyLoss, with softlight's extra options."""
+    """Drop-in for torch.nn.CrossEntropyLoss (same arguments, in the same order, including the
+    deprecated size_average and reduce), with softlight's extra options as keywords."""
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-                 temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False, all_ignored="nan"):
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0, *, temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False,
+                 all_ignored="nan"):
         super().__init__()
+        if size_average is not None or reduce is not None:
+            # torch's legacy rule for the two deprecated flags.
+            reduce = True if reduce is None else reduce
+            size_average = True if size_average is None else size_average
+            reduction = "none" if not reduce else "mean" if size_average else "sum"
+            warnings.warn(f"size_average and reduce args will be deprecated, please use reduction='{reduction}' "
+                          "instead.", stacklevel=2)
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.temperature, self.z_loss, self.softcap, self.inplace_backward = temperature, z_loss, softcap, inplace_backward
@@ -590,3 +706,9 @@ class CrossEntropyLoss(torch.nn.Module):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
                              temperature=self.temperature, z_loss=self.z_loss, softcap=self.softcap,
                              inplace_backward=self.inplace_backward, all_ignored=self.all_ignored)
+
+    def extra_repr(self):
+        extras = {"ignore_index": (self.ignore_index, -100), "reduction": (self.reduction, "mean"),
+                  "label_smoothing": (self.label_smoothing, 0.0), "temperature": (self.temperature, 1.0),
+                  "z_loss": (self.z_loss, 0.0), "softcap": (self.softcap, None)}
+        return ", ".join(f"{k}={v!r}" for k, (v, default) in extras.items() if v != default)

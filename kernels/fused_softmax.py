@@ -36,6 +36,8 @@ from .launch import (
     check_float_tensor,
     check_temperature,
     launch_config,
+    launchable,
+    register_op,
     row_offset,
     FLOAT_DTYPES,
 )
@@ -183,62 +185,106 @@ def softmax_backward_kernel(
             tl.store(dx_row + offs.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _forward(x, dim, out_dtype, inv_temperature, log, masked_zero=False):
+def _forward(x, dim, out_dtype, inv_temperature, log, masked_zero, launch=True):
     layout, (x,), (y,) = as_rows(dim, [x], [out_dtype])
-    if y.numel() == 0:
+    if y.numel() == 0 or not launch:
         return y
     cfg = launch_config(layout.n_cols, out_dtype)
-    softmax_forward_kernel[(layout.n_rows,)](
+    launchable(softmax_forward_kernel)[(layout.n_rows,)](
         x, y, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], inv_temperature,
         LOG=log, SINGLE_BLOCK=cfg.single_block, MASKED_ZERO=masked_zero, PRECISE=out_dtype == torch.float32,
-        BLOCK=cfg.block, ACC=accumulator(out_dtype),
-        num_warps=cfg.num_warps,
+        BLOCK=cfg.block, ACC=accumulator(out_dtype), num_warps=cfg.num_warps,
     )
     return y
 
 
-def _backward(y, dy, dim, in_dtype, inv_temperature, log, masked_zero=False):
+def _backward(y, dy, dim, in_dtype, inv_temperature, log, masked_zero, launch=True):
     layout, (y, dy), (dx,) = as_rows(dim, [y, dy], [in_dtype])
-    if dx.numel() == 0:
+    if dx.numel() == 0 or not launch:
         return dx
     cfg = launch_config(layout.n_cols, y.dtype, rows_held=2)
-    softmax_backward_kernel[(layout.n_rows,)](
+    launchable(softmax_backward_kernel)[(layout.n_rows,)](
         y, dy, dx, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], *layout.strides[2],
         inv_temperature, LOG=log, SINGLE_BLOCK=cfg.single_block, MASKED_ZERO=masked_zero, BLOCK=cfg.block,
-        ACC=accumulator(y.dtype),
-        num_warps=cfg.num_warps,
+        ACC=accumulator(y.dtype), num_warps=cfg.num_warps,
     )
     return dx
 
 
-class SoftmaxFunction(torch.autograd.Function):
-    """softmax(x / T) or log_softmax(x / T) over `dim`, with the output saved for backward."""
+# The custom ops: softlight::softmax and softlight::log_softmax, and their backward ops. The fake
+# implementations allocate exactly what the real ones do (same strides) and launch nothing.
 
-    @staticmethod
-    def forward(ctx, x, dim, out_dtype, inv_temperature, log, masked_zero):
-        y = _forward(x, dim, out_dtype, inv_temperature, log, masked_zero)
-        ctx.save_for_backward(y)
-        ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log, ctx.masked_zero = dim, x.dtype, inv_temperature, log, masked_zero
-        return y
 
-    @staticmethod
+def _fake_forward(log):
+    return lambda input, dim, dtype, inv_temperature, masked_zero: _forward(
+        input, dim, dtype, inv_temperature, log, masked_zero, launch=False)
+
+
+def _fake_backward(log):
+    return lambda output, grad, dim, input_dtype, inv_temperature, masked_zero: _backward(
+        output, grad, dim, input_dtype, inv_temperature, log, masked_zero, launch=False)
+
+
+@register_op("softmax", fake=_fake_forward(False))
+def softmax_op(input: torch.Tensor, dim: int, dtype: torch.dtype, inv_temperature: float,
+               masked_zero: bool) -> torch.Tensor:
+    return _forward(input, dim, dtype, inv_temperature, False, masked_zero)
+
+
+@register_op("log_softmax", fake=_fake_forward(True))
+def log_softmax_op(input: torch.Tensor, dim: int, dtype: torch.dtype, inv_temperature: float,
+                   masked_zero: bool) -> torch.Tensor:
+    return _forward(input, dim, dtype, inv_temperature, True, masked_zero)
+
+
+@register_op("softmax_backward", fake=_fake_backward(False))
+def softmax_backward_op(output: torch.Tensor, grad: torch.Tensor, dim: int, input_dtype: torch.dtype,
+                        inv_temperature: float, masked_zero: bool) -> torch.Tensor:
+    return _backward(output, grad, dim, input_dtype, inv_temperature, False, masked_zero)
+
+
+@register_op("log_softmax_backward", fake=_fake_backward(True))
+def log_softmax_backward_op(output: torch.Tensor, grad: torch.Tensor, dim: int, input_dtype: torch.dtype,
+                            inv_temperature: float, masked_zero: bool) -> torch.Tensor:
+    return _backward(output, grad, dim, input_dtype, inv_temperature, True, masked_zero)
+
+
+def _setup_context(ctx, inputs, output):
+    input, dim, _, inv_temperature, masked_zero = inputs
+    ctx.save_for_backward(output)
+    ctx.dim, ctx.input_dtype, ctx.inv_temperature, ctx.masked_zero = dim, input.dtype, inv_temperature, masked_zero
+
+
+def _differentiable_backward(y, dy, ctx, log):
+    """The backward formula in torch ops, for create_graph=True: differentiating it again goes
+    through y, whose own backward is the op's."""
+    acc = torch.float64 if y.dtype == torch.float64 else torch.float32
+    yy, gg = y.to(acc), dy.to(acc)
+    if log:
+        dx = gg - yy.exp() * gg.sum(ctx.dim, keepdim=True)
+        if ctx.masked_zero:
+            dx = dx.masked_fill((yy == float("-inf")).all(ctx.dim, keepdim=True), 0.0)
+    else:
+        dx = yy * (gg - (gg * yy).sum(ctx.dim, keepdim=True))
+    return (dx * ctx.inv_temperature).to(ctx.input_dtype)
+
+
+def _autograd_backward(log):
+    backward_op = log_softmax_backward_op if log else softmax_backward_op
+
     def backward(ctx, dy):
         (y,) = ctx.saved_tensors
         if torch.is_grad_enabled():
-            # create_graph=True: the same formula in torch ops, so that it can be differentiated
-            # again (through y, whose own backward is this Function).
-            acc = torch.float64 if y.dtype == torch.float64 else torch.float32
-            yy, gg = y.to(acc), dy.to(acc)
-            if ctx.log:
-                dx = gg - yy.exp() * gg.sum(ctx.dim, keepdim=True)
-                if ctx.masked_zero:
-                    dx = dx.masked_fill((yy == float("-inf")).all(ctx.dim, keepdim=True), 0.0)
-            else:
-                dx = yy * (gg - (gg * yy).sum(ctx.dim, keepdim=True))
-            dx = (dx * ctx.inv_temperature).to(ctx.in_dtype)
+            dx = _differentiable_backward(y, dy, ctx, log)
         else:
-            dx = _backward(y, dy, ctx.dim, ctx.in_dtype, ctx.inv_temperature, ctx.log, ctx.masked_zero)
-        return dx, None, None, None, None, None
+            dx = backward_op(y, dy, ctx.dim, ctx.input_dtype, ctx.inv_temperature, ctx.masked_zero)
+        return dx, None, None, None, None
+
+    return backward
+
+
+softmax_op.register_autograd(_autograd_backward(False), setup_context=_setup_context)
+log_softmax_op.register_autograd(_autograd_backward(True), setup_context=_setup_context)
 
 
 MASKED_ROWS = ("nan", "zero")
@@ -253,8 +299,8 @@ def _apply(fn, input, dim, dtype, temperature, masked_rows, log):
     if masked_rows not in MASKED_ROWS:
         raise ValueError(f"{fn}: masked_rows must be one of {MASKED_ROWS}, got {masked_rows!r}")
     check_device(fn, "input", input)
-    out_dtype = input.dtype if dtype is None else dtype
-    return SoftmaxFunction.apply(input, dim, out_dtype, 1.0 / temperature, log, masked_rows == "zero")
+    op = log_softmax_op if log else softmax_op
+    return op(input, dim, input.dtype if dtype is None else dtype, 1.0 / temperature, masked_rows == "zero")
 
 
 def softmax(input: torch.Tensor, dim: int = -1, *, dtype: torch.dtype | None = None, temperature: float = 1.0,

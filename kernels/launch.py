@@ -264,3 +264,36 @@ def split_count(n_rows: int, n_cols: int, block: int, device: torch.device) -> i
     if n_rows >= wanted:
         return 1
     return max(1, min(triton.cdiv(n_cols, block), triton.cdiv(wanted, max(n_rows, 1))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registering the ops with torch.library, so that torch.compile and CUDA graphs see them whole.
+
+
+def launchable(kernel):
+    """How an op's body calls a kernel: through torch.library.wrap_triton when compiled, so that
+    make_fx and Inductor see the launch inside a triton_op; as it is on the interpreter (and for
+    the compile report's recorders, which stand in for kernels)."""
+    if isinstance(kernel, triton.runtime.JITFunction):
+        return torch.library.wrap_triton(kernel)
+    return kernel
+
+
+def register_op(name: str, fake):
+    """Register `fn` as the custom op softlight::<name>.
+
+    Compiled, it is a torch.library.triton_op: its body (plain torch and wrap_triton'd kernel
+    calls) doubles as the fake implementation, and Inductor can trace into it. On the
+    interpreter, where kernels are Python and cannot be traced, it is an opaque custom_op with
+    `fake` (which allocates the outputs exactly as the body does, but launches nothing) as its
+    fake implementation.
+    """
+
+    def register(fn):
+        if INTERPRETED:
+            op = torch.library.custom_op(f"softlight::{name}", fn, mutates_args=())
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(f"softlight::{name}", fn, mutates_args=())
+
+    return register
