@@ -1,4 +1,4 @@
-"""softlight: fused Triton kernels for softmax, log-softmax and cross-entropy.
+"""softlight: fused Triton kernels for softmax, log-softmax, cross-entropy and token log-probabilities.
 
     import softlight
     y = softlight.softmax(x, dim=-1)          # like torch.softmax, differentiable

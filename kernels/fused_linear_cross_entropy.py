@@ -71,6 +71,7 @@ def _sweep(h, weight, bias, target, class_weight, opts, rows, stats=None, grads=
             chunk_stats = RowStats(*(None if s is None else s[chunk] for s in stats))
             backward_rows(logits, target[chunk], class_weight, opts, chunk_stats, grad_rows[chunk], logits)
             grads.add(chunk, logits, h[chunk])
+        del logits  # before the next chunk's logits are allocated: one chunk alive at a time
     return stats
 
 

@@ -253,6 +253,7 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
             for whole, part in zip(stats, logprob_rows(logits, flat_ids[chunk], inv_temperature, entropy)):
                 if whole is not None:
                     whole[chunk] = part
+            del logits  # before the next chunk's logits are allocated: one chunk alive at a time
         ctx.save_for_backward(h, weight, bias, flat_ids, stats.row_max, stats.log_norm, stats.mean)
         ctx.inv_temperature, ctx.rows, ctx.hidden_shape = inv_temperature, rows, hidden.shape
         ctx.set_materialize_grads(False)
@@ -272,6 +273,7 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
                               None if grad_logp is None else grad_logp[chunk],
                               None if grad_entropy is None else grad_entropy[chunk], logits)
             grads.add(chunk, logits, h[chunk])
+            del logits
         grad_hidden, grad_weight, grad_bias = grads.result()
         if grad_hidden is not None:
             grad_hidden = grad_hidden.reshape(ctx.hidden_shape)

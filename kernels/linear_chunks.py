@@ -30,10 +30,19 @@ MIN_CHUNK_ROWS = 256
 def chunk_rows(n_rows: int, n_hidden: int, n_vocab: int, chunk_size: int | None = None) -> int:
     """Rows per chunk. By default a chunk's logits take about as many elements as the hidden
     states of all N tokens (N x H, which the model holds anyway), and at least MIN_CHUNK_ROWS
-    rows; `chunk_size` overrides that. Never more than n_rows (but at least 1)."""
+    rows; `chunk_size` overrides that. Never more than n_rows (but at least 1).
+
+    The trade-off: a larger chunk holds more logits at once; a smaller one costs more passes
+    over the weight gradient's accumulator (one read and write of V x H per chunk)."""
     if chunk_size is None:
         chunk_size = max(triton.cdiv(n_rows * n_hidden, max(n_vocab, 1)), MIN_CHUNK_ROWS)
     return max(min(chunk_size, n_rows), 1)
+
+
+def _no_autocast(device: torch.device):
+    """Every matmul here runs in the inputs' own dtype, as the checks promised, even inside an
+    autocast region (which would otherwise round the logits of fp32 inputs to lower precision)."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def chunk_slices(n_rows: int, rows: int):
@@ -43,7 +52,8 @@ def chunk_slices(n_rows: int, rows: int):
 
 def linear(hidden, weight, bias):
     """A chunk's logits, as the unfused path computes them (same dtype, same matmul)."""
-    return torch.nn.functional.linear(hidden, weight, bias)
+    with _no_autocast(hidden.device):
+        return torch.nn.functional.linear(hidden, weight, bias)
 
 
 class LinearGradients:
@@ -61,6 +71,10 @@ class LinearGradients:
         self.bias_acc = torch.zeros(bias.shape, dtype=acc, device=bias.device) if need_bias and bias is not None else None
 
     def add(self, rows: slice, dlogits, hidden_chunk):
+        with _no_autocast(dlogits.device):
+            self._add(rows, dlogits, hidden_chunk)
+
+    def _add(self, rows, dlogits, hidden_chunk):
         if self.hidden is not None:
             torch.mm(dlogits, self.weight, out=self.hidden[rows])
         if self.weight_acc is not None:

@@ -292,3 +292,19 @@ def test_bad_input_is_rejected(device):
     for exc, match, call in cases:
         with pytest.raises(exc, match=match):
             call()
+
+
+def test_autocast_does_not_change_the_dtype_of_the_matmuls(device):
+    hidden, weight, b, target, _ = make_inputs(6, 8, 40, torch.float32, device)
+    ours, plain = leaves(hidden, weight, b), leaves(hidden, weight, b)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        loss = softlight.linear_cross_entropy(*ours[:2], target, ours[2], reduction="none", chunk_size=4)
+    expected = softlight.linear_cross_entropy(*plain[:2], target, plain[2], reduction="none", chunk_size=4)
+    torch.testing.assert_close(loss, expected)
+    g = torch.randn_like(loss)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        loss.backward(g)
+    expected.backward(g)
+    for got, want in zip(ours, plain):
+        assert got.grad.dtype == torch.float32
+        torch.testing.assert_close(got.grad, want.grad)
