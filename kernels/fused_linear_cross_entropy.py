@@ -32,10 +32,17 @@ of d weight and d bias is kept in fp32.
 
 Memory beyond the inputs and the gradients: one chunk's logits (`chunk_rows` x V elements of the
 hidden dtype), five fp32 numbers per token, and for an fp16/bf16 weight an fp32 accumulator of its
-gradient (4 V H bytes) while it is summed. For the benchmark: the unfused torch path holds the
-logits (2 N V bytes in bf16), their fp32 log-softmax inside `F.cross_entropy` and the gradient;
-time it with `hidden.requires_grad_()` and `weight.requires_grad_()`, forward + backward, and
-report peak memory as `torch.cuda.max_memory_allocated()` minus the inputs' bytes.
+gradient (4 V H bytes) while it is summed.
+
+For the benchmark. The work is matmuls: 2 N H V flops each, 3 of them forward + backward for
+"mean"/"sum" (4 for "none"), so report TFLOP/s rather than GB/s; the cross-entropy kernels add
+about 2 N V elements of traffic per chunk sweep. Peak memory is the point: measure forward +
+backward (hidden and weight requiring gradients) as `torch.cuda.max_memory_allocated()` after
+`torch.cuda.reset_peak_memory_stats()`, minus what was allocated before (the inputs). Providers:
+the unfused torch path as training code runs it, `F.cross_entropy(F.linear(hidden, weight,
+bias).float(), target)`, which holds the logits, their fp32 copy and log-softmax, and their
+gradient; Liger-Kernel's `LigerFusedLinearCrossEntropyLoss()(weight, hidden, target, bias)` when
+importable (note its argument order).
 """
 
 import math

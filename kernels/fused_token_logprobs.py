@@ -33,6 +33,12 @@ form does, a chunk at a time).
 Shapes: logits (..., V) with the vocabulary last (the natural layout of a language model's
 output, (batch, sequence, V)), ids (...) the same shape without V; outputs shaped like ids,
 float32 (float64 for float64 logits).
+
+For the benchmark, the bytes model: forward reads the N x V logits once (and N ids) and writes a
+few numbers per row; backward reads the logits and writes their gradient (2 N V elements). The
+torch path it replaces: `log_softmax(logits.float() / T, -1).gather(-1, ids[..., None])` and, for
+the entropy, `-(p * log_p).sum(-1)` with p = log_p.exp(), which writes and reads back (N, V)
+tensors. The fused form (`linear_token_logprobs`) is compared like `linear_cross_entropy`.
 """
 
 from typing import NamedTuple
