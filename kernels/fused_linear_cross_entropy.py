@@ -52,8 +52,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .fused_cross_entropy import REDUCTIONS, CrossEntropyOptions, RowStats, _check_number, backward_rows, forward_rows
-from .launch import INTERPRETED, check_device, check_float_tensor, check_temperature
-from .linear_chunks import LinearGradients, chunk_rows, chunk_slices, linear
+from .launch import check_temperature
+from .linear_chunks import LinearGradients, check_chunk_size, check_indices, check_linear, chunk_rows, chunk_slices, linear
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
@@ -147,68 +147,6 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         if grad_hidden is not None:
             grad_hidden = grad_hidden.reshape(ctx.hidden_shape)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
-
-
-def check_linear(fn, hidden, weight, bias):
-    """Checks shared by the fused-linear functions: hidden (..., H), weight (V, H) and bias (V,) of
-    one floating dtype on one device. Returns V."""
-    check_float_tensor(fn, "hidden", hidden)
-    check_device(fn, "hidden", hidden)
-    check_float_tensor(fn, "weight", weight)
-    if hidden.dim() == 0:
-        raise ValueError(f"{fn}: hidden must be (..., H), with the hidden size last; got a 0-d tensor")
-    if weight.dim() != 2:
-        raise ValueError(f"{fn}: weight must be the output projection (V, H), got shape {tuple(weight.shape)}")
-    if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"{fn}: weight has hidden size {weight.shape[1]} (shape {tuple(weight.shape)}) but hidden has "
-                         f"{hidden.shape[-1]} (shape {tuple(hidden.shape)})")
-    if weight.shape[0] == 0:
-        raise ValueError(f"{fn}: weight has no rows: the vocabulary is empty")
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"{fn}: weight has dtype {weight.dtype} but hidden has {hidden.dtype}; they must match")
-    if weight.device != hidden.device:
-        raise RuntimeError(f"{fn}: weight is on {weight.device} but hidden is on {hidden.device}")
-    if bias is not None:
-        check_float_tensor(fn, "bias", bias)
-        if bias.shape != weight.shape[:1]:
-            raise ValueError(f"{fn}: bias must have shape ({weight.shape[0]},), one per row of weight, "
-                             f"got {tuple(bias.shape)}")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"{fn}: bias has dtype {bias.dtype} but hidden has {hidden.dtype}; they must match")
-        if bias.device != hidden.device:
-            raise RuntimeError(f"{fn}: bias is on {bias.device} but hidden is on {hidden.device}")
-    return weight.shape[0]
-
-
-def check_indices(fn, name, ids, hidden_like, n_classes, ignore_index=None):
-    """Class indices shaped like `hidden_like` without its last dim, on its device; on the CPU
-    (where checking costs no host-device synchronisation) every index not ignore_index must be in
-    [0, n_classes), else IndexError, as torch raises."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor of class indices, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{fn}: {name} must hold class indices (an integer dtype), got {ids.dtype}")
-    if ids.shape != hidden_like.shape[:-1]:
-        raise ValueError(f"{fn}: {name} must have shape {tuple(hidden_like.shape[:-1])} (the input's shape without its "
-                         f"last dim), got {tuple(ids.shape)}")
-    if ids.device != hidden_like.device:
-        raise RuntimeError(f"{fn}: {name} is on {ids.device} but the input is on {hidden_like.device}")
-    if INTERPRETED or ids.device.type == "cpu":
-        bad = (ids < 0) | (ids >= n_classes)
-        if ignore_index is not None:
-            bad &= ids != ignore_index
-        if bool(bad.any()):
-            raise IndexError(f"{fn}: {name} {int(ids[bad].flatten()[0])} is out of bounds for {n_classes} classes")
-
-
-def check_chunk_size(fn, chunk_size):
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"{fn}: chunk_size must be >= 1, got {chunk_size}")
-    return chunk_size
 
 
 def _check_num_items(fn, num_items, reduction, device):

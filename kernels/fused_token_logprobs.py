@@ -48,9 +48,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .fused_linear_cross_entropy import check_chunk_size, check_indices, check_linear
 from .launch import accumulator, check_device, check_float_tensor, check_temperature, launch_config, row_layout, row_offset
-from .linear_chunks import LinearGradients, chunk_rows, chunk_slices, linear
+from .linear_chunks import LinearGradients, check_chunk_size, check_indices, check_linear, chunk_rows, chunk_slices, linear
 
 __all__ = ["token_logprobs", "linear_token_logprobs"]
 
@@ -157,6 +156,12 @@ class LogprobStats(NamedTuple):
     mean: torch.Tensor | None
 
 
+def _empty_stats(shape, dtype, device, entropy: bool) -> LogprobStats:
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return LogprobStats(*(torch.empty(shape, dtype=acc, device=device) if entropy or name not in ("entropy", "mean")
+                          else None for name in LogprobStats._fields))
+
+
 def _row_views(x, per_row: dict, out=None):
     """The row layout over the last dim shared by x, per-row tensors (shaped like x without its
     last dim, seen through a stride-0 last dim) and `out` (shaped like x). Everything is made
@@ -176,9 +181,7 @@ def _row_views(x, per_row: dict, out=None):
 
 def logprob_rows(x, ids, inv_temperature: float, entropy: bool) -> LogprobStats:
     """log softmax(x / T)[ids] of each row of x (..., V), and its entropy when `entropy`."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    stats = LogprobStats(*(torch.empty(ids.shape, dtype=acc, device=x.device) if entropy or name not in ("entropy", "mean")
-                           else None for name in LogprobStats._fields))
+    stats = _empty_stats(ids.shape, x.dtype, x.device, entropy)
     layout, x, per_row, _ = _row_views(x, {"ids": ids})
     if layout.n_rows:
         cfg = launch_config(layout.n_cols, x.dtype, stream=True)
@@ -251,9 +254,7 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, ids, inv_temperature, entropy, rows):
         flat_ids = ids.reshape(-1)
         h = hidden.reshape(flat_ids.shape[0], hidden.shape[-1])
-        acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-        stats = LogprobStats(*(torch.empty(flat_ids.shape, dtype=acc, device=h.device)
-                               if entropy or name not in ("entropy", "mean") else None for name in LogprobStats._fields))
+        stats = _empty_stats(flat_ids.shape, h.dtype, h.device, entropy)
         for chunk in chunk_slices(h.shape[0], rows):
             logits = linear(h[chunk], weight, bias)
             for whole, part in zip(stats, logprob_rows(logits, flat_ids[chunk], inv_temperature, entropy)):

@@ -16,12 +16,17 @@ elements of the hidden dtype, the same buffer then holding their gradient), a fe
 per token, and, when the weight is fp16 or bf16, an fp32 accumulator for its gradient (4 V H
 bytes, alive only while the gradient is being summed; summing in the weight's own dtype would
 round the running sum once per chunk and lose the last ulps the unfused matmul keeps).
+
+The argument checks the memory-lean functions share are here too.
 """
 
 import torch
 import triton
 
-__all__ = ["MIN_CHUNK_ROWS", "chunk_rows", "chunk_slices", "linear", "LinearGradients"]
+from .launch import INTERPRETED, check_device, check_float_tensor
+
+__all__ = ["MIN_CHUNK_ROWS", "chunk_rows", "chunk_slices", "linear", "LinearGradients", "check_linear", "check_indices",
+           "check_chunk_size"]
 
 # The fewest rows a chunk gets by default: fewer would leave the matmuls too small to fill a GPU.
 MIN_CHUNK_ROWS = 256
@@ -101,3 +106,69 @@ def _add_product(acc, a, b):
     rows = max(a.numel() // max(b.shape[1], 1), 1)
     for start in range(0, acc.shape[0], rows):
         acc[start:start + rows] += a[start:start + rows] @ b
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks shared by the memory-lean functions.
+
+
+def check_linear(fn, hidden, weight, bias):
+    """Checks shared by the fused-linear functions: hidden (..., H), weight (V, H) and bias (V,) of
+    one floating dtype on one device. Returns V."""
+    check_float_tensor(fn, "hidden", hidden)
+    check_device(fn, "hidden", hidden)
+    check_float_tensor(fn, "weight", weight)
+    if hidden.dim() == 0:
+        raise ValueError(f"{fn}: hidden must be (..., H), with the hidden size last; got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"{fn}: weight must be the output projection (V, H), got shape {tuple(weight.shape)}")
+    if weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"{fn}: weight has hidden size {weight.shape[1]} (shape {tuple(weight.shape)}) but hidden has "
+                         f"{hidden.shape[-1]} (shape {tuple(hidden.shape)})")
+    if weight.shape[0] == 0:
+        raise ValueError(f"{fn}: weight has no rows: the vocabulary is empty")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"{fn}: weight has dtype {weight.dtype} but hidden has {hidden.dtype}; they must match")
+    if weight.device != hidden.device:
+        raise RuntimeError(f"{fn}: weight is on {weight.device} but hidden is on {hidden.device}")
+    if bias is not None:
+        check_float_tensor(fn, "bias", bias)
+        if bias.shape != weight.shape[:1]:
+            raise ValueError(f"{fn}: bias must have shape ({weight.shape[0]},), one per row of weight, "
+                             f"got {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"{fn}: bias has dtype {bias.dtype} but hidden has {hidden.dtype}; they must match")
+        if bias.device != hidden.device:
+            raise RuntimeError(f"{fn}: bias is on {bias.device} but hidden is on {hidden.device}")
+    return weight.shape[0]
+
+
+def check_indices(fn, name, ids, hidden_like, n_classes, ignore_index=None):
+    """Class indices shaped like `hidden_like` without its last dim, on its device; on the CPU
+    (where checking costs no host-device synchronisation) every index not ignore_index must be in
+    [0, n_classes), else IndexError, as torch raises."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor of class indices, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{fn}: {name} must hold class indices (an integer dtype), got {ids.dtype}")
+    if ids.shape != hidden_like.shape[:-1]:
+        raise ValueError(f"{fn}: {name} must have shape {tuple(hidden_like.shape[:-1])} (the input's shape without its "
+                         f"last dim), got {tuple(ids.shape)}")
+    if ids.device != hidden_like.device:
+        raise RuntimeError(f"{fn}: {name} is on {ids.device} but the input is on {hidden_like.device}")
+    if INTERPRETED or ids.device.type == "cpu":
+        bad = (ids < 0) | (ids >= n_classes)
+        if ignore_index is not None:
+            bad &= ids != ignore_index
+        if bool(bad.any()):
+            raise IndexError(f"{fn}: {name} {int(ids[bad].flatten()[0])} is out of bounds for {n_classes} classes")
+
+
+def check_chunk_size(fn, chunk_size):
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"{fn}: chunk_size must be >= 1, got {chunk_size}")
+    return chunk_size
