@@ -30,7 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from softlight import fused_cross_entropy, fused_softmax
+from softlight import fused_cross_entropy, fused_softmax, fused_token_logprobs
 
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
                 torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
@@ -146,11 +146,27 @@ def _cross_entropy_launches(launches):
                         launch_module.TARGET_PROGRAMS = saved
 
 
+def _token_logprobs_launches(launches):
+    for dtype in DTYPE_NAME:
+        # A row of whole blocks, and an odd vocabulary (50257) whose rows are not 16-byte aligned.
+        for n_cols in (32768, 50257):
+            x = torch.empty(64, n_cols, dtype=dtype, device="meta")
+            ids = torch.empty(64, dtype=torch.int64, device="meta")
+            grad = torch.empty(64, dtype=torch.float32, device="meta")
+            with recording(fused_token_logprobs, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols"):
+                fused_token_logprobs.logprob_rows(x, ids, 1.0, False)
+                stats = fused_token_logprobs.logprob_rows(x, ids, 1.0, True)
+                # The gradient of log p alone, of the entropy alone, and of both.
+                for grad_logp, grad_entropy in ((grad, None), (None, grad), (grad, grad)):
+                    fused_token_logprobs.logprob_grad_rows(x, ids, 1.0, stats, grad_logp, grad_entropy, torch.empty_like(x))
+
+
 def variants():
     """Every kernel variant the launch code produces: each dtype, each strategy, each option set."""
     launches = []
     _softmax_launches(launches)
     _cross_entropy_launches(launches)
+    _token_logprobs_launches(launches)
     # The same kernel variant reached from several row lengths is compiled once.
     unique = {}
     for launch in launches:

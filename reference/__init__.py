@@ -5,6 +5,13 @@ It never imports torch: it is the independent side of every comparison.
 
 from .cross_entropy import REDUCTIONS, cross_entropy, cross_entropy_backward
 from .errors import TOLERANCE, relative_error
+from .linear_cross_entropy import (
+    linear_cross_entropy,
+    linear_cross_entropy_backward,
+    linear_logits,
+    linear_token_logprobs,
+    linear_token_logprobs_backward,
+)
 from .softmax import (
     log_softmax,
     log_softmax_backward,
@@ -14,6 +21,7 @@ from .softmax import (
     softmax,
     softmax_backward,
 )
+from .token_logprobs import token_logprobs, token_logprobs_backward
 
 __all__ = [
     "TOLERANCE",
@@ -28,4 +36,11 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_backward",
     "REDUCTIONS",
+    "token_logprobs",
+    "token_logprobs_backward",
+    "linear_logits",
+    "linear_cross_entropy",
+    "linear_cross_entropy_backward",
+    "linear_token_logprobs",
+    "linear_token_logprobs_backward",
 ]

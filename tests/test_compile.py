@@ -7,6 +7,7 @@ spills is printed (pytest -s shows it) and kept as a test artifact.
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -35,3 +36,8 @@ def test_every_variant_compiles_for_sm90_and_sm80(tmp_path):
             assert any("SOFT_TARGET" in r for r in forward) and any("SOFT_TARGET" not in r for r in forward)
             assert any("SPLIT" in r for r in forward) and variants("cross_entropy_combine_kernel")
             assert any("HAS_WEIGHT, HAS_SOFTCAP, SMOOTH" in r for r in variants("cross_entropy_backward_kernel"))
+            forward = variants("token_logprobs_forward_kernel")
+            assert any("ENTROPY" in r for r in forward) and any("ENTROPY" not in r for r in forward)
+            backward = variants("token_logprobs_backward_kernel")
+            for flags in ("LOGP_GRAD", "ENTROPY_GRAD", "LOGP_GRAD, ENTROPY_GRAD"):  # each gradient alone, both
+                assert any(re.search(rf"BLOCK=\d+, {flags}\]", r) for r in backward), (arch, dtype, flags)

@@ -10,9 +10,11 @@ def test_public_api():
     import softlight.bench
     import softlight.reference
 
-    for name in ("softmax", "log_softmax", "Softmax", "LogSoftmax"):
+    for name in ("softmax", "log_softmax", "Softmax", "LogSoftmax", "cross_entropy", "CrossEntropyLoss",
+                 "linear_cross_entropy", "LinearCrossEntropyLoss", "token_logprobs", "linear_token_logprobs"):
         assert callable(getattr(softlight, name))
-    assert callable(softlight.reference.softmax)
+    for name in ("softmax", "cross_entropy", "token_logprobs", "linear_cross_entropy", "linear_token_logprobs"):
+        assert callable(getattr(softlight.reference, name))
 
 
 def test_folders_are_not_top_level_packages(tmp_path):
