@@ -82,55 +82,57 @@ def _guard(m):
 
 
 @triton.jit
-def _class_weights(cols, mask, q_row, q_stride_col, weight_ptr, smoothing, n_cols,
+def _class_weights(cols, mask, q_rows, q_stride_col, weight_ptr, smoothing, n_cols,
                    SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, ACC: tl.constexpr):
-    """u_c of the smoothing or soft-target term for a block of classes (0 off the row). For class
+    """u_c of the smoothing or soft-target term for a tile of classes (0 off the rows). For class
     indices this is w_c alone: forward scales the sum by eps/C, backward the gradient term."""
     if HAS_WEIGHT:
         u = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(ACC)
     else:
         u = tl.where(mask, 1.0, 0.0).to(ACC)
     if SOFT_TARGET:
-        q = tl.load(q_row + cols.to(tl.int64) * q_stride_col, mask=mask, other=0.0).to(ACC)
+        q = tl.load(q_rows + cols.to(tl.int64) * q_stride_col, mask=mask, other=0.0).to(ACC)
         u = u * ((1.0 - smoothing) * q + smoothing / n_cols)
     return u
 
 
 @triton.jit
-def _finish_row(row, m, n, r, S, U, x_row, x_stride_col, target_row, weight_ptr,
-                loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
-                n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
-                SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                SMOOTH: tl.constexpr, PRECISE: tl.constexpr, ACC: tl.constexpr):
-    """Turn a row's state (m, n, r, S, U) into its loss and what backward needs."""
+def _finish_rows(rows, live, m, n, r, S, U, x_rows, x_stride_col, target_rows, weight_ptr,
+                 loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+                 n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
+                 SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                 SMOOTH: tl.constexpr, PRECISE: tl.constexpr, ACC: tl.constexpr):
+    """Turn the rows' states (m, n, r, S, U; vectors over `rows`) into their losses and what
+    backward needs. x_rows and target_rows point at each row's first logit and target."""
     shift = _guard(m)
     d, log_d = normaliser(m, n, r)
-    log_norm = (m - shift) * inv_temperature + log_d  # LSE - shift/T; -inf for an all -inf row
+    log_norm = (m - shift) * inv_temperature + log_d  # LSE - shift/T
     lse = shift * inv_temperature + log_norm
     if SOFT_TARGET:
         loss = U * log_norm + S * inv_temperature
         k_rest = U
-        pt_minus_1 = tl.zeros((), ACC)
-        kept = True
-        valid = True
-        denom = 1.0
+        pt_minus_1 = tl.zeros_like(m)
+        kept = live
+        valid = live
+        denom = tl.where(live, 1.0, 0.0)
     else:
-        t = tl.load(target_row).to(tl.int64)
+        t = tl.load(target_rows, mask=live, other=0).to(tl.int64)
         kept = t != ignore_index
         valid = (t >= 0) & (t < n_cols)
         t_safe = tl.where(valid, t, 0)
-        y_t = _capped(tl.load(x_row + t_safe * x_stride_col).to(ACC), softcap, HAS_SOFTCAP)
+        y_t = _capped(tl.load(x_rows + t_safe * x_stride_col, mask=live, other=0.0).to(ACC), softcap, HAS_SOFTCAP)
         if HAS_WEIGHT:
-            w_t = tl.load(weight_ptr + t_safe).to(ACC)
+            w_t = tl.load(weight_ptr + t_safe, mask=live, other=0.0).to(ACC)
         else:
-            w_t = 1.0
+            w_t = tl.full(m.shape, 1.0, ACC)
         loss = ((1.0 - smoothing) * w_t * ((shift - y_t) * inv_temperature + log_norm)).to(ACC)
-        k_rest = tl.zeros((), ACC)
+        k_rest = tl.zeros_like(m)
         if SMOOTH:
             loss += smoothing / n_cols * (U * log_norm + S * inv_temperature)
             k_rest += smoothing / n_cols * U
         # p_t - 1 without cancellation: when the target holds the max, p_t = 1 / (n + r).
-        pt_minus_1 = tl.where(y_t == m, -((n - 1.0) + r) / d, exp_of_difference(y_t, m, inv_temperature, PRECISE) / d - 1.0)
+        pt_minus_1 = tl.where(y_t == m, -((n - 1.0) + r) / d,
+                              exp_of_difference(y_t, m, inv_temperature, PRECISE) / d - 1.0)
         denom = tl.where(kept, w_t, 0.0)
     if z_loss != 0.0:
         loss += z_loss * lse * lse
@@ -138,12 +140,12 @@ def _finish_row(row, m, n, r, S, U, x_row, x_stride_col, target_row, weight_ptr,
     # An ignored row adds nothing; a target outside [0, C) must never look like a real loss.
     loss = tl.where(kept, tl.where(valid, loss, float("nan")), 0.0)
     k_rest = tl.where(kept, tl.where(valid, k_rest, float("nan")), 0.0)
-    tl.store(loss_ptr + row, loss)
-    tl.store(row_max_ptr + row, m)
-    tl.store(norm_ptr + row, d)
-    tl.store(k_rest_ptr + row, k_rest)
-    tl.store(pt_minus_1_ptr + row, tl.where(kept, pt_minus_1, 0.0))
-    tl.store(denom_ptr + row, denom)
+    tl.store(loss_ptr + rows, loss, mask=live)
+    tl.store(row_max_ptr + rows, m, mask=live)
+    tl.store(norm_ptr + rows, d, mask=live)
+    tl.store(k_rest_ptr + rows, k_rest, mask=live)
+    tl.store(pt_minus_1_ptr + rows, tl.where(kept, pt_minus_1, 0.0), mask=live)
+    tl.store(denom_ptr + rows, denom, mask=live)
 
 
 @triton.jit
@@ -152,52 +154,59 @@ def cross_entropy_forward_kernel(
     target_ptr, target_stride_outer, target_stride_inner, target_stride_col,
     weight_ptr, partial_ptr,
     loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
-    n_cols, n_inner, cols_per_split,
+    n_rows, n_cols, n_inner, cols_per_split,
     ignore_index, inv_temperature, softcap, z_loss, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, SPLIT: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, SPLIT: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    # A tile of ROWS rows x BLOCK classes, streamed over the columns of this program's split.
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     split = tl.program_id(1)
-    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
-    target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
+    live = rows < n_rows
+    x_rows = x_ptr + row_offset(rows, n_inner, x_stride_outer, x_stride_inner)
+    target_rows = target_ptr + row_offset(rows, n_inner, target_stride_outer, target_stride_inner)
     col_start = split * cols_per_split
     col_end = tl.minimum(col_start + cols_per_split, n_cols)
 
-    m = tl.full((), float("-inf"), ACC)
-    n = tl.zeros((), ACC)
-    r = tl.zeros((), ACC)
-    S = tl.zeros((), ACC)
-    U = tl.zeros((), ACC)
+    m = tl.full((ROWS,), float("-inf"), ACC)
+    n = tl.zeros((ROWS,), ACC)
+    r = tl.zeros((ROWS,), ACC)
+    S = tl.zeros((ROWS,), ACC)
+    U = tl.zeros((ROWS,), ACC)
     for start in range(col_start, col_end, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < col_end
-        x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
+        cols = (start + tl.arange(0, BLOCK))[None, :]
+        mask = live[:, None] & (cols < col_end)
+        x = tl.load(x_rows[:, None] + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
         y = tl.where(mask, _capped(x, softcap, HAS_SOFTCAP), float("-inf"))
-        m_b, n_b, r_b = block_state(y, mask, inv_temperature)
+        m_b, n_b, r_b = block_state(y, mask, inv_temperature, 1)
         m_new, n, r = merge(m, n, r, m_b, n_b, r_b, inv_temperature)
         if SMOOTH:
-            u = _class_weights(cols, mask, target_row, target_stride_col, weight_ptr, smoothing, n_cols,
+            u = _class_weights(cols, mask, target_rows[:, None], target_stride_col, weight_ptr, smoothing, n_cols,
                                SOFT_TARGET, HAS_WEIGHT, ACC)
             # Re-measure what was summed from the new max, then add this block (u = 0 adds 0,
             # even against a -inf logit).
             shift_new = _guard(m_new)
-            S = S + (shift_new - _guard(m)) * U + tl.sum(tl.where(u != 0.0, u * (shift_new - y), 0.0), 0)
-            U += tl.sum(u, 0)
+            S = S + (shift_new - _guard(m)) * U + tl.sum(tl.where(u != 0.0, u * (shift_new[:, None] - y), 0.0), 1)
+            U += tl.sum(u, 1)
         m = m_new
+    # One use of each summed loop result: Triton 3.6's thread-locality pass asserts on a reduction
+    # accumulated in a loop whose result is used more than once.
+    S = tl.where(live, S, 0.0)
+    U = tl.where(live, U, 0.0)
 
     if SPLIT:
-        partial = partial_ptr + (row.to(tl.int64) * tl.num_programs(1) + split) * 5
-        tl.store(partial, m)
-        tl.store(partial + 1, n)
-        tl.store(partial + 2, r)
-        tl.store(partial + 3, S)
-        tl.store(partial + 4, U)
+        partial = partial_ptr + (rows.to(tl.int64) * tl.num_programs(1) + split) * 5
+        tl.store(partial, m, mask=live)
+        tl.store(partial + 1, n, mask=live)
+        tl.store(partial + 2, r, mask=live)
+        tl.store(partial + 3, S, mask=live)
+        tl.store(partial + 4, U, mask=live)
     else:
-        _finish_row(row, m, n, r, S, U, x_row, x_stride_col, target_row, weight_ptr,
-                    loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
-                    n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
-                    SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
+        _finish_rows(rows, live, m, n, r, S, U, x_rows, x_stride_col, target_rows, weight_ptr,
+                     loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+                     n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
+                     SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
 
 
 @triton.jit
@@ -206,35 +215,37 @@ def cross_entropy_combine_kernel(
     target_ptr, target_stride_outer, target_stride_inner,
     weight_ptr, partial_ptr,
     loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
-    n_cols, n_inner, n_splits,
+    n_rows, n_cols, n_inner, n_splits,
     ignore_index, inv_temperature, softcap, z_loss, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     SMOOTH: tl.constexpr, PRECISE: tl.constexpr, SPLITS_BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
-    """Merge the states of a row's column ranges, then finish the row."""
-    row = tl.program_id(0)
-    i = tl.arange(0, SPLITS_BLOCK)
-    mask = i < n_splits
-    partial = partial_ptr + (row.to(tl.int64) * n_splits + i) * 5
+    """Merge the states of a row's column ranges, then finish the row (one row a program)."""
+    rows = tl.program_id(0) + tl.arange(0, 1)
+    live = rows < n_rows
+    i = tl.arange(0, SPLITS_BLOCK)[None, :]
+    mask = live[:, None] & (i < n_splits)
+    partial = partial_ptr + (rows.to(tl.int64)[:, None] * n_splits + i) * 5
     m_i = tl.load(partial, mask=mask, other=float("-inf"))
     n_i = tl.load(partial + 1, mask=mask, other=0.0)
     r_i = tl.load(partial + 2, mask=mask, other=0.0)
     S_i = tl.load(partial + 3, mask=mask, other=0.0)
     U_i = tl.load(partial + 4, mask=mask, other=0.0)
-    m = tl.max(m_i, 0)
+    m = tl.max(m_i, 1)
     # Each range's state merged into the row's: merge() applied to all ranges at once.
-    scale_i = tl.where(m_i == m, 1.0, tl.exp((m_i - m) * inv_temperature))
-    r = tl.sum((r_i + tl.where(m_i == m, 0.0, n_i)) * scale_i, 0)
-    n = tl.sum(tl.where(m_i == m, n_i, 0.0), 0)
+    at_max = m_i == m[:, None]
+    scale_i = tl.where(at_max, 1.0, tl.exp((m_i - m[:, None]) * inv_temperature))
+    r = tl.sum((r_i + tl.where(at_max, 0.0, n_i)) * scale_i, 1)
+    n = tl.sum(tl.where(at_max, n_i, 0.0), 1)
     shift = _guard(m)
-    S = tl.sum(S_i + (shift - _guard(m_i)) * U_i, 0)
-    U = tl.sum(U_i, 0)
-    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
-    target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
-    _finish_row(row, m, n, r, S, U, x_row, x_stride_col, target_row, weight_ptr,
-                loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
-                n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
-                SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
+    S = tl.sum(S_i + (shift[:, None] - _guard(m_i)) * U_i, 1)
+    U = tl.sum(U_i, 1)
+    x_rows = x_ptr + row_offset(rows, n_inner, x_stride_outer, x_stride_inner)
+    target_rows = target_ptr + row_offset(rows, n_inner, target_stride_outer, target_stride_inner)
+    _finish_rows(rows, live, m, n, r, S, U, x_rows, x_stride_col, target_rows, weight_ptr,
+                 loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+                 n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
+                 SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
 
 
 @triton.jit
@@ -245,55 +256,57 @@ def cross_entropy_backward_kernel(
     grad_ptr, grad_stride_outer, grad_stride_inner,
     dx_ptr, dx_stride_outer, dx_stride_inner, dx_stride_col,
     row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr,
-    n_cols, n_inner, cols_per_split,
+    n_rows, n_cols, n_inner, cols_per_split,
     ignore_index, inv_temperature, softcap, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
 ):
-    row = tl.program_id(0)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     split = tl.program_id(1)
-    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
-    dx_row = dx_ptr + row_offset(row, n_inner, dx_stride_outer, dx_stride_inner)
-    target_row = target_ptr + row_offset(row, n_inner, target_stride_outer, target_stride_inner)
-    g = tl.load(grad_ptr + row_offset(row, n_inner, grad_stride_outer, grad_stride_inner)).to(ACC)
-    m = tl.load(row_max_ptr + row)
-    inv_norm = 1.0 / tl.load(norm_ptr + row)
-    k_rest = tl.load(k_rest_ptr + row)
-    scale = g * inv_temperature
+    live = rows < n_rows
+    x_rows = x_ptr + row_offset(rows, n_inner, x_stride_outer, x_stride_inner)[:, None]
+    dx_rows = dx_ptr + row_offset(rows, n_inner, dx_stride_outer, dx_stride_inner)[:, None]
+    target_rows = target_ptr + row_offset(rows, n_inner, target_stride_outer, target_stride_inner)
+    g = tl.load(grad_ptr + row_offset(rows, n_inner, grad_stride_outer, grad_stride_inner), mask=live, other=0.0).to(ACC)
+    m = tl.load(row_max_ptr + rows, mask=live, other=0.0)[:, None]
+    inv_norm = (1.0 / tl.load(norm_ptr + rows, mask=live, other=1.0))[:, None]
+    k_rest = tl.load(k_rest_ptr + rows, mask=live, other=0.0)[:, None]
+    scale = (g * inv_temperature)[:, None]
     if not SOFT_TARGET:
-        t = tl.load(target_row).to(tl.int64)
+        t = tl.load(target_rows, mask=live, other=0).to(tl.int64)
         kept = (t != ignore_index) & (t >= 0) & (t < n_cols)
         if HAS_WEIGHT:
-            w_t = tl.load(weight_ptr + tl.where(kept, t, 0)).to(ACC)
+            w_t = tl.load(weight_ptr + tl.where(kept, t, 0), mask=live, other=0.0).to(ACC)
         else:
-            w_t = 1.0
-        target_weight = tl.where(kept, (1.0 - smoothing) * w_t, 0.0)
-        smooth_scale = tl.where(t != ignore_index, smoothing / n_cols, 0.0)
+            w_t = tl.full((ROWS,), 1.0, ACC)
+        target_weight = tl.where(kept, (1.0 - smoothing) * w_t, 0.0)[:, None]
+        smooth_scale = tl.where(t != ignore_index, smoothing / n_cols, 0.0)[:, None]
         # The target's own term, (1 - eps) w_t (p_t - 1), as forward computed it.
-        target_term = target_weight * tl.load(pt_minus_1_ptr + row)
+        target_term = target_weight * tl.load(pt_minus_1_ptr + rows, mask=live, other=0.0)[:, None]
+        t = t[:, None]
 
     col_start = split * cols_per_split
     col_end = tl.minimum(col_start + cols_per_split, n_cols)
     for start in range(col_start, col_end, BLOCK):
-        cols = start + tl.arange(0, BLOCK)
-        mask = cols < col_end
-        x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
+        cols = (start + tl.arange(0, BLOCK))[None, :]
+        mask = live[:, None] & (cols < col_end)
+        x = tl.load(x_rows + cols.to(tl.int64) * x_stride_col, mask=mask, other=0.0).to(ACC)
         y = _capped(x, softcap, HAS_SOFTCAP)
         p = exp_of_difference(y, m, inv_temperature, PRECISE) * inv_norm
         if SOFT_TARGET:
-            u = _class_weights(cols, mask, target_row, target_stride_col, weight_ptr, smoothing, n_cols,
+            u = _class_weights(cols, mask, target_rows[:, None], target_stride_col, weight_ptr, smoothing, n_cols,
                                SOFT_TARGET, HAS_WEIGHT, ACC)
             grad = p * k_rest - u
         else:
             grad = p * k_rest
             if SMOOTH:
-                grad -= smooth_scale * _class_weights(cols, mask, target_row, target_stride_col, weight_ptr,
+                grad -= smooth_scale * _class_weights(cols, mask, target_rows[:, None], target_stride_col, weight_ptr,
                                                       smoothing, n_cols, SOFT_TARGET, HAS_WEIGHT, ACC)
             # p_c (1 - eps) w_t everywhere but at the target, which takes (1 - eps) w_t (p_t - 1).
             grad += tl.where(cols == t, target_term, p * target_weight)
         if HAS_SOFTCAP:
             grad = grad * (1.0 - (y / softcap) * (y / softcap))
-        tl.store(dx_row + cols.to(tl.int64) * dx_stride_col, (grad * scale).to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_rows + cols.to(tl.int64) * dx_stride_col, (grad * scale).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _row_views(x, per_row: dict, per_class: dict):
@@ -381,15 +394,15 @@ def forward_rows(x, target, weight, opts: CrossEntropyOptions, launch=True) -> R
     partial = torch.empty((layout.n_rows, n_splits, 5) if n_splits > 1 else 1, dtype=acc, device=x.device)
     weight_arg = weight if weight is not None else stats.loss  # not read without HAS_WEIGHT
     flags = _flags(x, target, weight, opts)
-    launchable(cross_entropy_forward_kernel)[(layout.n_rows, n_splits)](
+    launchable(cross_entropy_forward_kernel)[(triton.cdiv(layout.n_rows, cfg.rows), n_splits)](
         x, *strides["x"], tensors["target"], *strides["target"], weight_arg, partial, *stats,
-        n_cols, layout.n_inner, cols_per_split, *opts.scalars(),
-        **flags, SPLIT=n_splits > 1, BLOCK=cfg.block, num_warps=cfg.num_warps,
+        layout.n_rows, n_cols, layout.n_inner, cols_per_split, *opts.scalars(),
+        **flags, SPLIT=n_splits > 1, ROWS=cfg.rows, BLOCK=cfg.block, num_warps=cfg.num_warps,
     )
     if n_splits > 1:
         launchable(cross_entropy_combine_kernel)[(layout.n_rows,)](
             x, *strides["x"], tensors["target"], *strides["target"][:2], weight_arg, partial, *stats,
-            n_cols, layout.n_inner, n_splits, *opts.scalars(),
+            layout.n_rows, n_cols, layout.n_inner, n_splits, *opts.scalars(),
             **flags, SPLITS_BLOCK=triton.next_power_of_2(n_splits), num_warps=1,
         )
     return stats
@@ -405,15 +418,15 @@ def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats,
     n_cols = x.shape[1]
     cfg, n_splits, cols_per_split = _plan(layout.n_rows, n_cols, x.dtype, soft or weight is not None, x.device)
     if layout.n_rows and n_cols and launch:
-        launchable(cross_entropy_backward_kernel)[(layout.n_rows, n_splits)](
+        launchable(cross_entropy_backward_kernel)[(triton.cdiv(layout.n_rows, cfg.rows), n_splits)](
             xs, *strides["x"], tensors["target"], *strides["target"],
             weight if weight is not None else stats.row_max,  # not read without HAS_WEIGHT
             tensors["grad"], *strides["grad"][:2],
             tensors["dx"], *strides["dx"],
             stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1,
-            n_cols, layout.n_inner, cols_per_split,
+            layout.n_rows, n_cols, layout.n_inner, cols_per_split,
             opts.ignore_index, opts.inv_temperature, opts.softcap or 1.0, opts.label_smoothing,
-            **_flags(x, target, weight, opts), BLOCK=cfg.block, num_warps=cfg.num_warps,
+            **_flags(x, target, weight, opts), ROWS=cfg.rows, BLOCK=cfg.block, num_warps=cfg.num_warps,
         )
     if tensors["dx"] is not out:  # the strides forced a contiguous copy
         out.copy_(tensors["dx"])

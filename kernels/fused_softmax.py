@@ -49,6 +49,7 @@ __all__ = ["softmax", "log_softmax", "Softmax", "LogSoftmax"]
 def softmax_forward_kernel(
     x_ptr,
     y_ptr,
+    n_rows,
     n_cols,
     n_inner,
     x_stride_outer,
@@ -62,53 +63,58 @@ def softmax_forward_kernel(
     SINGLE_BLOCK: tl.constexpr,
     MASKED_ZERO: tl.constexpr,
     PRECISE: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    x_row = x_ptr + row_offset(row, n_inner, x_stride_outer, x_stride_inner)
-    y_row = y_ptr + row_offset(row, n_inner, y_stride_outer, y_stride_inner)
+    # A tile of ROWS rows x BLOCK columns; per-row values are vectors of ROWS.
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = (rows < n_rows)[:, None]
+    x_rows = x_ptr + row_offset(rows, n_inner, x_stride_outer, x_stride_inner)[:, None]
+    y_rows = y_ptr + row_offset(rows, n_inner, y_stride_outer, y_stride_inner)[:, None]
     out_ty = y_ptr.dtype.element_ty
-    cols = tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK)[None, :]
 
     if SINGLE_BLOCK:
-        mask = cols < n_cols
-        x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
+        mask = live & (cols < n_cols)
+        x = tl.load(x_rows + cols.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
         # Rounding to the output dtype first is torch's meaning of `dtype=` (a no-op otherwise).
         x = x.to(out_ty).to(ACC)
-        m, n, r = block_state(x, mask, inv_temperature)
+        m, n, r = block_state(x, mask, inv_temperature, 1)
         d, log_d = normaliser(m, n, r)
         if LOG:
-            out = (x - m) * inv_temperature - log_d
+            out = (x - m[:, None]) * inv_temperature - log_d[:, None]
         else:
-            out = exp_of_difference(x, m, inv_temperature, PRECISE) / d
+            out = exp_of_difference(x, m[:, None], inv_temperature, PRECISE) / d[:, None]
         if MASKED_ZERO:
             # Entirely -inf: the max is -inf and every entry equals it (a NaN would not).
-            out = tl.where((m == -float("inf")) & (n == n_cols), -float("inf") if LOG else 0.0, out)
-        tl.store(y_row + cols.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
+            masked = ((m == -float("inf")) & (n == n_cols))[:, None]
+            out = tl.where(masked, -float("inf") if LOG else 0.0, out)
+        tl.store(y_rows + cols.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
     else:
-        m = tl.full((), -float("inf"), ACC)
-        n = tl.zeros((), ACC)
-        r = tl.zeros((), ACC)
+        m = tl.full((ROWS,), -float("inf"), ACC)
+        n = tl.zeros((ROWS,), ACC)
+        r = tl.zeros((ROWS,), ACC)
         for start in range(0, n_cols, BLOCK):
             offs = start + cols
-            mask = offs < n_cols
-            x = tl.load(x_row + offs.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
-            m_b, n_b, r_b = block_state(x.to(out_ty).to(ACC), mask, inv_temperature)
+            mask = live & (offs < n_cols)
+            x = tl.load(x_rows + offs.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
+            m_b, n_b, r_b = block_state(x.to(out_ty).to(ACC), mask, inv_temperature, 1)
             m, n, r = merge(m, n, r, m_b, n_b, r_b, inv_temperature)
         d, log_d = normaliser(m, n, r)
+        masked = ((m == -float("inf")) & (n == n_cols))[:, None]
         for start in range(0, n_cols, BLOCK):
             offs = start + cols
-            mask = offs < n_cols
-            x = tl.load(x_row + offs.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
+            mask = live & (offs < n_cols)
+            x = tl.load(x_rows + offs.to(tl.int64) * x_stride_col, mask=mask, other=-float("inf"))
             x = x.to(out_ty).to(ACC)
             if LOG:
-                out = (x - m) * inv_temperature - log_d
+                out = (x - m[:, None]) * inv_temperature - log_d[:, None]
             else:
-                out = exp_of_difference(x, m, inv_temperature, PRECISE) / d
+                out = exp_of_difference(x, m[:, None], inv_temperature, PRECISE) / d[:, None]
             if MASKED_ZERO:
-                out = tl.where((m == -float("inf")) & (n == n_cols), -float("inf") if LOG else 0.0, out)
-            tl.store(y_row + offs.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
+                out = tl.where(masked, -float("inf") if LOG else 0.0, out)
+            tl.store(y_rows + offs.to(tl.int64) * y_stride_col, out.to(out_ty), mask=mask)
 
 
 @triton.jit
@@ -116,6 +122,7 @@ def softmax_backward_kernel(
     y_ptr,
     dy_ptr,
     dx_ptr,
+    n_rows,
     n_cols,
     n_inner,
     y_stride_outer,
@@ -131,58 +138,63 @@ def softmax_backward_kernel(
     LOG: tl.constexpr,
     SINGLE_BLOCK: tl.constexpr,
     MASKED_ZERO: tl.constexpr,
+    ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    y_row = y_ptr + row_offset(row, n_inner, y_stride_outer, y_stride_inner)
-    dy_row = dy_ptr + row_offset(row, n_inner, dy_stride_outer, dy_stride_inner)
-    dx_row = dx_ptr + row_offset(row, n_inner, dx_stride_outer, dx_stride_inner)
-    cols = tl.arange(0, BLOCK)
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    live = (rows < n_rows)[:, None]
+    y_rows = y_ptr + row_offset(rows, n_inner, y_stride_outer, y_stride_inner)[:, None]
+    dy_rows = dy_ptr + row_offset(rows, n_inner, dy_stride_outer, dy_stride_inner)[:, None]
+    dx_rows = dx_ptr + row_offset(rows, n_inner, dx_stride_outer, dx_stride_inner)[:, None]
+    cols = tl.arange(0, BLOCK)[None, :]
     # With MASKED_ZERO a row that was entirely -inf has a constant output, hence zero gradient;
     # log-softmax marks such a row by y = -inf everywhere (softmax's y = 0 zeroes it by itself).
     # Counted, not found with a max, which would skip NaN.
     ZERO_MASKED_LOG: tl.constexpr = MASKED_ZERO and LOG
 
     if SINGLE_BLOCK:
-        mask = cols < n_cols
-        y = tl.load(y_row + cols.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
-        dy = tl.load(dy_row + cols.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
+        mask = live & (cols < n_cols)
+        y = tl.load(y_rows + cols.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+        dy = tl.load(dy_rows + cols.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
         if LOG:
-            dx = dy - tl.exp(y) * tl.sum(dy, 0)
+            dx = dy - tl.exp(y) * tl.sum(dy, 1)[:, None]
         else:
-            dx = y * (dy - tl.sum(dy * y, 0))
+            dx = y * (dy - tl.sum(dy * y, 1)[:, None])
         if ZERO_MASKED_LOG:
-            dx = tl.where(tl.sum(tl.where(mask & (y == -float("inf")), 1, 0), 0) == n_cols, 0.0, dx)
-        tl.store(dx_row + cols.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty), mask=mask)
+            n_masked = tl.sum(tl.where(mask & (y == -float("inf")), 1, 0), 1)
+            dx = tl.where((n_masked == n_cols)[:, None], 0.0, dx)
+        tl.store(dx_rows + cols.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty),
+                 mask=mask)
     else:
         # sum_j dy_j (log-softmax) or sum_j dy_j y_j (softmax), then a second pass writes.
-        total = tl.zeros((), ACC)
-        n_masked = tl.zeros((), tl.int32)
+        total = tl.zeros((ROWS,), ACC)
+        n_masked = tl.zeros((ROWS,), tl.int32)
         for start in range(0, n_cols, BLOCK):
             offs = start + cols
-            mask = offs < n_cols
-            dy = tl.load(dy_row + offs.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
+            mask = live & (offs < n_cols)
+            dy = tl.load(dy_rows + offs.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
             if LOG:
-                total += tl.sum(dy, 0)
+                total += tl.sum(dy, 1)
                 if ZERO_MASKED_LOG:
-                    y = tl.load(y_row + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
-                    n_masked += tl.sum(tl.where(mask & (y == -float("inf")), 1, 0), 0)
+                    y = tl.load(y_rows + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+                    n_masked += tl.sum(tl.where(mask & (y == -float("inf")), 1, 0), 1)
             else:
-                y = tl.load(y_row + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
-                total += tl.sum(dy * y, 0)
+                y = tl.load(y_rows + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+                total += tl.sum(dy * y, 1)
         for start in range(0, n_cols, BLOCK):
             offs = start + cols
-            mask = offs < n_cols
-            y = tl.load(y_row + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
-            dy = tl.load(dy_row + offs.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
+            mask = live & (offs < n_cols)
+            y = tl.load(y_rows + offs.to(tl.int64) * y_stride_col, mask=mask, other=0.0).to(ACC)
+            dy = tl.load(dy_rows + offs.to(tl.int64) * dy_stride_col, mask=mask, other=0.0).to(ACC)
             if LOG:
-                dx = dy - tl.exp(y) * total
+                dx = dy - tl.exp(y) * total[:, None]
             else:
-                dx = y * (dy - total)
+                dx = y * (dy - total[:, None])
             if ZERO_MASKED_LOG:
-                dx = tl.where(n_masked == n_cols, 0.0, dx)
-            tl.store(dx_row + offs.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty), mask=mask)
+                dx = tl.where((n_masked == n_cols)[:, None], 0.0, dx)
+            tl.store(dx_rows + offs.to(tl.int64) * dx_stride_col, (dx * inv_temperature).to(dx_ptr.dtype.element_ty),
+                     mask=mask)
 
 
 def _forward(x, dim, out_dtype, inv_temperature, log, masked_zero, launch=True):
@@ -190,10 +202,10 @@ def _forward(x, dim, out_dtype, inv_temperature, log, masked_zero, launch=True):
     if y.numel() == 0 or not launch:
         return y
     cfg = launch_config(layout.n_cols, out_dtype)
-    launchable(softmax_forward_kernel)[(layout.n_rows,)](
-        x, y, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], inv_temperature,
+    launchable(softmax_forward_kernel)[(triton.cdiv(layout.n_rows, cfg.rows),)](
+        x, y, layout.n_rows, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], inv_temperature,
         LOG=log, SINGLE_BLOCK=cfg.single_block, MASKED_ZERO=masked_zero, PRECISE=out_dtype == torch.float32,
-        BLOCK=cfg.block, ACC=accumulator(out_dtype), num_warps=cfg.num_warps,
+        ROWS=cfg.rows, BLOCK=cfg.block, ACC=accumulator(out_dtype), num_warps=cfg.num_warps,
     )
     return y
 
@@ -203,10 +215,10 @@ def _backward(y, dy, dim, in_dtype, inv_temperature, log, masked_zero, launch=Tr
     if dx.numel() == 0 or not launch:
         return dx
     cfg = launch_config(layout.n_cols, y.dtype, rows_held=2)
-    launchable(softmax_backward_kernel)[(layout.n_rows,)](
-        y, dy, dx, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1], *layout.strides[2],
-        inv_temperature, LOG=log, SINGLE_BLOCK=cfg.single_block, MASKED_ZERO=masked_zero, BLOCK=cfg.block,
-        ACC=accumulator(y.dtype), num_warps=cfg.num_warps,
+    launchable(softmax_backward_kernel)[(triton.cdiv(layout.n_rows, cfg.rows),)](
+        y, dy, dx, layout.n_rows, layout.n_cols, layout.n_inner, *layout.strides[0], *layout.strides[1],
+        *layout.strides[2], inv_temperature, LOG=log, SINGLE_BLOCK=cfg.single_block, MASKED_ZERO=masked_zero,
+        ROWS=cfg.rows, BLOCK=cfg.block, ACC=accumulator(y.dtype), num_warps=cfg.num_warps,
     )
     return dx
 

@@ -82,7 +82,7 @@ def token_logprobs_forward_kernel(
         cols = start + tl.arange(0, BLOCK)
         mask = cols < n_cols
         x = tl.load(x_row + cols.to(tl.int64) * x_stride_col, mask=mask, other=float("-inf")).to(ACC)
-        m_b, n_b, r_b = block_state(x, mask, inv_temperature)
+        m_b, n_b, r_b = block_state(x, mask, inv_temperature, 0)
         m_new, n_new, r_new = merge(m, n, r, m_b, n_b, r_b, inv_temperature)
         if ENTROPY:
             shift_old = _guard(m)

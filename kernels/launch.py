@@ -207,17 +207,23 @@ ROW_BLOCK_LIMIT = 32768
 CHUNK = 8192
 # Elements each thread holds per block: 16 keeps two 16-byte loads of bf16 in flight per thread.
 ELEMENTS_PER_THREAD = 16
+# Short rows share a program, ROWS of them, up to this many elements a program (and at most
+# MAX_ROWS rows): one program per 3-class row would leave most of its threads idle on a GPU, and
+# pay the interpreter's per-operation cost once per row.
+TILE = 4096
+MAX_ROWS = 256
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    block: int  # elements a program handles at once (a power of two)
+    block: int  # columns a program handles at once (a power of two)
     single_block: bool  # whether the whole row fits one block
     num_warps: int
+    rows: int = 1  # rows a program handles (a power of two; > 1 only for single-block rows)
 
 
 def launch_config(n_cols: int, dtype: torch.dtype = torch.float32, rows_held: int = 1, stream: bool = False) -> LaunchConfig:
-    """Block size and warps for rows of `n_cols` elements.
+    """Block size, rows per program and warps for rows of `n_cols` elements.
 
     `rows_held` is how many row-sized tensors a kernel keeps in registers at once (2 for
     softmax backward: y and dy). float64 rows count four times (their arithmetic takes twice the
@@ -225,7 +231,8 @@ def launch_config(n_cols: int, dtype: torch.dtype = torch.float32, rows_held: in
     row of up to ROW_BLOCK_LIMIT / cost elements, cost = rows_held (times 4 in float64), is one
     block, read once and written once; a longer row, or any row of a kernel that only streams
     (`stream`, such as cross-entropy's one pass), goes in blocks of up to CHUNK / cost elements.
-    Warps grow with the block so each thread keeps ELEMENTS_PER_THREAD elements (1 to 32 warps).
+    Rows of one block share a program, up to TILE / cost elements in all. Warps grow with the
+    elements a program holds so each thread keeps ELEMENTS_PER_THREAD of them (1 to 32 warps).
     """
     cost = rows_held * (4 if dtype == torch.float64 else 1)
     limit = max(ROW_BLOCK_LIMIT // cost, 1)
@@ -236,8 +243,9 @@ def launch_config(n_cols: int, dtype: torch.dtype = torch.float32, rows_held: in
         block, single = triton.next_power_of_2(max(n_cols, 1)), True
     else:
         block, single = chunk, False
-    num_warps = min(max(block // (32 * ELEMENTS_PER_THREAD), 1), 32)
-    return LaunchConfig(block, single, num_warps)
+    rows = min(max(TILE // cost // block, 1), MAX_ROWS) if single else 1
+    num_warps = min(max(block * rows // (32 * ELEMENTS_PER_THREAD), 1), 32)
+    return LaunchConfig(block, single, num_warps, rows)
 
 
 # Programs wanted in flight before a row is shared between programs. None: 4 per multiprocessor

@@ -29,13 +29,16 @@ def log1p(v):
 
 
 @triton.jit
-def block_state(x, mask, inv_temperature):
-    """(m, n, r) of the entries of x where mask holds (x must be -inf elsewhere). NaN entries
-    land in r, so NaN propagates; a block of -inf only has m = -inf and r = 0."""
-    m = tl.max(x, 0)
-    at_max = (x == m) & mask
-    n = tl.sum(tl.where(at_max, 1.0, 0.0), 0)
-    r = tl.sum(tl.where(at_max, 0.0, tl.exp((x - m) * inv_temperature)), 0)
+def block_state(x, mask, inv_temperature, AXIS: tl.constexpr):
+    """(m, n, r) of the entries of x where mask holds, reduced along AXIS (x must be -inf where
+    mask does not hold). NaN entries land in r, so NaN propagates; a block of -inf only has
+    m = -inf and r = 0."""
+    m = tl.max(x, AXIS)
+    m_b = tl.expand_dims(m, AXIS)
+    at_max = (x == m_b) & mask
+    n = tl.sum(tl.where(at_max, 1.0, 0.0), AXIS)
+    # Off the mask exp(-inf - m) is 0, except when m is -inf too: leave those lanes out outright.
+    r = tl.sum(tl.where(at_max | (mask == 0), 0.0, tl.exp((x - m_b) * inv_temperature)), AXIS)
     return m, n.to(r.dtype), r
 
 
@@ -54,8 +57,9 @@ def merge(m_a, n_a, r_a, m_b, n_b, r_b, inv_temperature):
 
 @triton.jit
 def normaliser(m, n, r):
-    """(d, log d) of a row's state. A +inf logit makes both NaN, as in torch (inf - inf)."""
-    r = tl.where(m == float("inf"), float("nan"), r)
+    """(d, log d) of a row's state. A +inf logit makes both NaN, as in torch (inf - inf), and so
+    does a row with no finite logit (d would count its -inf entries)."""
+    r = tl.where((m == float("inf")) | (m == -float("inf")), float("nan"), r)
     d = n + r
     log_d = tl.where(n == 1.0, log1p(r), tl.log(d))
     return d, log_d

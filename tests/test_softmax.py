@@ -275,3 +275,15 @@ def test_masked_rows_zero_double_backward(op, device):
     assert torch.equal(grad[1], torch.zeros_like(grad[1]))
     finite = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda t: fn(t, -1, masked_rows="zero"), (finite,))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_streamed_chunk_of_only_masked_entries(op, monkeypatch, device):
+    """A chunk whose real entries are all -inf (and whose tail is padding) must add nothing:
+    exp(-inf - (-inf)) on the padding would be NaN."""
+    monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", 16)
+    x = torch.randn(3, 40, device=device)
+    x[0, 32:] = float("-inf")  # the last chunk: 8 masked entries, 8 of padding
+    x[1, :16] = float("-inf")  # the first chunk entirely masked
+    x[2, 16:32] = float("-inf")
+    check_forward_backward(op, x)
