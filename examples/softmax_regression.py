@@ -93,13 +93,16 @@ def plot(x, y, W, b, losses_np, losses_sl, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.colors import ListedColormap
+
+    colors = ListedColormap(["tab:blue", "tab:orange", "tab:green"])
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     lo, hi = x.min(0) - 1, x.max(0) + 1
     gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 300))
     grid = np.stack([gx.ravel(), gy.ravel()], 1)
     regions = np.argmax(grid @ W + b, axis=1).reshape(gx.shape)
-    left.contourf(gx, gy, regions, levels=[-0.5, 0.5, 1.5, 2.5], alpha=0.25, cmap="brg")
-    left.scatter(x[:, 0], x[:, 1], c=y, s=10, cmap="brg", edgecolors="k", linewidths=0.2)
+    left.contourf(gx, gy, regions, levels=[-0.5, 0.5, 1.5, 2.5], alpha=0.25, cmap=colors)
+    left.scatter(x[:, 0], x[:, 1], c=y, s=10, cmap=colors, vmin=-0.5, vmax=2.5, edgecolors="k", linewidths=0.2)
     left.set_title("decision regions (softlight-trained W, b)")
     right.plot(losses_np, label="NumPy, explicit gradients")
     right.plot(losses_sl, "--", label="torch autograd through softlight.cross_entropy")

@@ -43,9 +43,12 @@ if [ "$py" = "$PWD/.venv/bin/python" ]; then
 else
     echo "setup: using $py, which already has torch and triton; installing softlight into it (no downloads)"
     "$py" -m pip install --quiet --no-deps --no-build-isolation -e .
+    # The runtime and test dependencies it lacks, by distribution name (module sklearn is scikit-learn).
     missing=$("$py" -c "
 import importlib.util
-print(' '.join(m for m in ('numpy', 'pandas', 'matplotlib', 'tqdm', 'pytest', 'hypothesis', 'scipy') if importlib.util.find_spec(m) is None))")
+needed = {'numpy': 'numpy', 'pandas': 'pandas', 'matplotlib': 'matplotlib', 'tqdm': 'tqdm', 'pytest': 'pytest',
+          'hypothesis': 'hypothesis', 'scipy': 'scipy', 'sklearn': 'scikit-learn'}
+print(' '.join(dist for module, dist in needed.items() if importlib.util.find_spec(module) is None))")
     if [ -n "$missing" ]; then
         echo "setup: $py lacks: $missing; trying to install them"
         "$py" -m pip install --quiet $missing
