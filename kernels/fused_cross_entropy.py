@@ -510,26 +510,35 @@ def cross_entropy_backward_op(grad_loss: torch.Tensor, input: torch.Tensor, targ
 
 def _setup_context(ctx, inputs, output):
     input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap, _ = inputs
-    _, row_max, norm, k_rest, pt_minus_1, total = output
-    ctx.save_for_backward(input, target, weight, row_max, norm, k_rest, pt_minus_1, total)
+    ctx.save_for_backward(input, target, weight, *output[1:])
     ctx.reduction = reduction
     ctx.opts = CrossEntropyOptions(ignore_index, label_smoothing, inv_temperature, z_loss, softcap)
 
 
-def _autograd_backward(ctx, grad_loss, *_):
+def _unpack(ctx, grad_loss):
+    """What both backward paths start from: the saved tensors, the logits as rows, each row's
+    incoming gradient, and the gradient of probability targets (None unless they need one).
+    Unpacking checks the saved tensors' versions: after an in-place backward the logits hold
+    their gradient, and a second backward (retain_graph) fails here."""
     input, target, weight, row_max, norm, k_rest, pt_minus_1, total = ctx.saved_tensors
-    o = ctx.opts
     x, target_rows = _as_rows(input, target)
+    stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
     grad_rows = rows_gradient(grad_loss, ctx.reduction, total, x.shape[:1] + x.shape[2:])
     grad_target = None
     if target.is_floating_point() and ctx.needs_input_grad[1]:
-        stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
-        grad_target = _soft_target_grad(x, weight, stats, grad_rows, o).to(target.dtype).reshape(target.shape)
+        grad_target = _soft_target_grad(x, weight, stats, grad_rows, ctx.opts).to(target.dtype).reshape(target.shape)
+    return input, target, weight, stats, total, x, target_rows, grad_rows, grad_target
+
+
+def _autograd_backward(ctx, grad_loss, *_):
+    input, target, weight, stats, total, x, target_rows, grad_rows, grad_target = _unpack(ctx, grad_loss)
+    o = ctx.opts
     if torch.is_grad_enabled():
         dx = _differentiable_gradient(x, target_rows, weight, o, grad_rows).reshape(input.shape)
     else:
-        dx = cross_entropy_backward_op(grad_loss, input, target, weight, row_max, norm, k_rest, pt_minus_1, total,
-                                       ctx.reduction, o.ignore_index, o.label_smoothing, o.inv_temperature, o.softcap)
+        dx = cross_entropy_backward_op(grad_loss, input, target, weight, stats.row_max, stats.norm, stats.k_rest,
+                                       stats.pt_minus_1, total, ctx.reduction, o.ignore_index, o.label_smoothing,
+                                       o.inv_temperature, o.softcap)
     return dx, grad_target, None, None, None, None, None, None, None, None
 
 
@@ -567,25 +576,15 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, opts, all_ignored):
-        x, target_rows = _as_rows(input, target)
-        stats = forward_rows(x, target_rows, weight, opts)
-        row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else ()
-        loss, total = reduce_rows(stats, reduction, row_shape, all_ignored)
-        ctx.save_for_backward(input, target, weight, stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1, total)
+        loss, *stats = _forward_op(input, target, weight, reduction, opts.ignore_index, opts.label_smoothing,
+                                   opts.inv_temperature, opts.z_loss, opts.softcap, all_ignored)
+        ctx.save_for_backward(input, target, weight, *stats)
         ctx.reduction, ctx.opts = reduction, opts
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        # Unpacking checks the saved tensors' versions: after an in-place backward the logits
-        # hold their gradient, and a second backward (retain_graph) fails here.
-        input, target, weight, row_max, norm, k_rest, pt_minus_1, total = ctx.saved_tensors
-        x, target_rows = _as_rows(input, target)
-        grad_rows = rows_gradient(grad_loss, ctx.reduction, total, x.shape[:1] + x.shape[2:])
-        stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
-        grad_target = None
-        if target.is_floating_point() and ctx.needs_input_grad[1]:
-            grad_target = _soft_target_grad(x, weight, stats, grad_rows, ctx.opts).to(target.dtype).reshape(target.shape)
+        input, target, weight, stats, _, x, target_rows, grad_rows, grad_target = _unpack(ctx, grad_loss)
         backward_rows(x, target_rows, weight, ctx.opts, stats, grad_rows, x)
         # The logits now hold their gradient: any other use of them in the graph must fail
         # loudly (saved-tensor version check), never read the gradient as logits.
@@ -687,8 +686,6 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
         raise ValueError(f"{fn}: inplace_backward=True would overwrite a leaf tensor's values with its gradient; "
                          "use it on logits computed by an op, or leave it False")
     if inplace_backward:
-        if input.device.type == "cpu" and not target.is_floating_point():
-            _check_targets(target, n_classes, ignore_index)
         opts = CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
         return CrossEntropyFunction.apply(input, target, weight, reduction, opts, all_ignored)
     return cross_entropy_op(input, target, weight, reduction, ignore_index, smoothing, 1.0 / temperature, z_loss, softcap,
