@@ -659,21 +659,40 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                                 f"{target.dtype}; probabilities must be floating point")
             raise ValueError(f"{fn}: class-index target must have shape {tuple(row_shape)} for input of shape "
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
-    if weight is not None:
-        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-            raise TypeError(f"{fn}: weight must be a floating-point tensor, got "
-                            f"{weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__}")
-        if weight.shape != (n_classes,):
-            raise ValueError(f"{fn}: weight must have shape ({n_classes},), one per class, got {tuple(weight.shape)}")
-        if weight.device != input.device:
-            raise RuntimeError(f"{fn}: weight is on {weight.device} but input is on {input.device}")
-        if weight.requires_grad:
-            raise NotImplementedError(f"{fn}: the gradient with respect to weight is not implemented (nor in torch)")
-        weight = weight.contiguous()
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    weight = check_class_weight(fn, "weight", weight, n_classes, "input", input.device)
+    opts = check_options(fn, reduction, ignore_index, label_smoothing, temperature, z_loss, softcap)
     if all_ignored not in ALL_IGNORED:
         raise ValueError(f"{fn}: all_ignored must be one of {ALL_IGNORED}, got {all_ignored!r}")
+    if inplace_backward and input.requires_grad and input.is_leaf:
+        raise ValueError(f"{fn}: inplace_backward=True would overwrite a leaf tensor's values with its gradient; "
+                         "use it on logits computed by an op, or leave it False")
+    if inplace_backward:
+        return CrossEntropyFunction.apply(input, target, weight, reduction, opts, all_ignored)
+    return cross_entropy_op(input, target, weight, reduction, opts.ignore_index, opts.label_smoothing,
+                            opts.inv_temperature, opts.z_loss, opts.softcap, all_ignored)[0]
+
+
+def check_class_weight(fn, name, weight, n_classes, input_name, device):
+    """torch's per-class weight: None, or a floating (C,) tensor on the input's device that needs
+    no gradient; returned contiguous."""
+    if weight is None:
+        return None
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        got = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise TypeError(f"{fn}: {name} must be a floating-point tensor, got {got}")
+    if weight.shape != (n_classes,):
+        raise ValueError(f"{fn}: {name} must have shape ({n_classes},), one per class, got {tuple(weight.shape)}")
+    if weight.device != device:
+        raise RuntimeError(f"{fn}: {name} is on {weight.device} but {input_name} is on {device}")
+    if weight.requires_grad:
+        raise NotImplementedError(f"{fn}: the gradient with respect to {name} is not implemented (nor in torch)")
+    return weight.contiguous()
+
+
+def check_options(fn, reduction, ignore_index, label_smoothing, temperature, z_loss, softcap) -> CrossEntropyOptions:
+    """The scalar options every cross-entropy takes, checked, as CrossEntropyOptions."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"{fn}: ignore_index must be an int, got {type(ignore_index).__name__}")
     smoothing = _check_number(fn, "label_smoothing", label_smoothing, 0.0)
@@ -682,14 +701,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     temperature = check_temperature(fn, temperature)
     z_loss = _check_number(fn, "z_loss", z_loss, 0.0)
     softcap = _check_number(fn, "softcap", softcap, 0.0, low_inclusive=False, allow_none=True)
-    if inplace_backward and input.requires_grad and input.is_leaf:
-        raise ValueError(f"{fn}: inplace_backward=True would overwrite a leaf tensor's values with its gradient; "
-                         "use it on logits computed by an op, or leave it False")
-    if inplace_backward:
-        opts = CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
-        return CrossEntropyFunction.apply(input, target, weight, reduction, opts, all_ignored)
-    return cross_entropy_op(input, target, weight, reduction, ignore_index, smoothing, 1.0 / temperature, z_loss, softcap,
-                            all_ignored)[0]
+    return CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
 
 
 class CrossEntropyLoss(torch.nn.Module):

@@ -51,8 +51,7 @@ from numbers import Real
 import torch
 from torch.autograd.function import once_differentiable
 
-from .fused_cross_entropy import REDUCTIONS, CrossEntropyOptions, RowStats, _check_number, backward_rows, forward_rows
-from .launch import check_temperature
+from .fused_cross_entropy import RowStats, backward_rows, check_class_weight, check_options, forward_rows
 from .linear_chunks import LinearGradients, check_chunk_size, check_indices, check_linear, chunk_rows, chunk_slices, linear
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
@@ -200,34 +199,13 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100
     """
     fn = "softlight.linear_cross_entropy"
     n_classes = check_linear(fn, hidden, weight, bias)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"{fn}: ignore_index must be an int, got {type(ignore_index).__name__}")
+    opts = check_options(fn, reduction, ignore_index, label_smoothing, temperature, z_loss, softcap)
     check_indices(fn, "target", target, hidden, n_classes, ignore_index)
-    if class_weight is not None:
-        if not isinstance(class_weight, torch.Tensor) or not class_weight.is_floating_point():
-            raise TypeError(f"{fn}: class_weight must be a floating-point tensor, got "
-                            f"{class_weight.dtype if isinstance(class_weight, torch.Tensor) else type(class_weight).__name__}")
-        if class_weight.shape != (n_classes,):
-            raise ValueError(f"{fn}: class_weight must have shape ({n_classes},), one per class, "
-                             f"got {tuple(class_weight.shape)}")
-        if class_weight.device != hidden.device:
-            raise RuntimeError(f"{fn}: class_weight is on {class_weight.device} but hidden is on {hidden.device}")
-        if class_weight.requires_grad:
-            raise NotImplementedError(f"{fn}: the gradient with respect to class_weight is not implemented (nor in torch)")
-        class_weight = class_weight.contiguous()
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"{fn}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    smoothing = _check_number(fn, "label_smoothing", label_smoothing, 0.0)
-    if smoothing > 1.0:
-        raise ValueError(f"{fn}: label_smoothing must be between 0.0 and 1.0, got {smoothing}")
-    temperature = check_temperature(fn, temperature)
-    z_loss = _check_number(fn, "z_loss", z_loss, 0.0)
-    softcap = _check_number(fn, "softcap", softcap, 0.0, low_inclusive=False, allow_none=True)
+    class_weight = check_class_weight(fn, "class_weight", class_weight, n_classes, "hidden", hidden.device)
     num_items = _check_num_items(fn, num_items, reduction, hidden.device)
     chunk_size = check_chunk_size(fn, chunk_size)
 
     rows = chunk_rows(target.numel(), hidden.shape[-1], n_classes, chunk_size)
-    opts = CrossEntropyOptions(ignore_index, smoothing, 1.0 / temperature, z_loss, softcap)
     return LinearCrossEntropyFunction.apply(hidden, weight, bias, target, class_weight, reduction, opts, num_items,
                                             rows, torch.is_grad_enabled())
 
