@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from softlight.bench.spec import DIRECTIONS, OPS, UsageError, dtype_name, parse_shape
+from softlight.bench.spec import DIRECTIONS, LINEAR_OPS, OPS, UsageError, dtype_name, is_linear, parse_shape
 
 
 def _ensure_runnable_kernels(argv):
@@ -61,10 +61,21 @@ def _selection(p, directions=True):
         p.add_argument("--direction", nargs="+", choices=DIRECTIONS, help="directions (default: all)")
     p.add_argument("--dtype", nargs="+", type=_argument(dtype_name), metavar="DTYPE",
                    help="bfloat16, float16, float32 (or bf16, fp16, fp32)")
-    p.add_argument("--shape", nargs="+", type=_argument(parse_shape), metavar="ROWSxCOLS", help="shapes, e.g. 4096x32000")
+    p.add_argument("--shape", nargs="+", type=_argument(parse_shape), metavar="ROWSxCOLS[xHIDDEN]",
+                   help="shapes, e.g. 4096x32000; linear_cross_entropy takes tokens x vocabulary x hidden size, "
+                        "e.g. 8192x128256x4096 (without the hidden size: its grid's)")
     p.add_argument("--provider", nargs="+", metavar="PROVIDER",
                    help="registered names (softlight, torch, torch.compile, liger, quack, plugins), "
                         "MODULE:ATTR or NAME=MODULE:ATTR")
+
+
+def _check_shapes(args):
+    """A shape with a hidden size only when every op chosen takes one."""
+    with_hidden = ["x".join(map(str, s)) for s in args.shape or [] if len(s) == 3]
+    row_ops = [op for op in args.op or OPS if not is_linear(op)]
+    if with_hidden and row_ops:
+        raise UsageError(f"--shape {with_hidden[0]}: a hidden size applies only to {', '.join(LINEAR_OPS)}, not to "
+                         f"{', '.join(row_ops)}; give those ops ROWSxCOLS in a run of their own (--op)")
 
 
 def _providers(args, default=None):
@@ -76,6 +87,7 @@ def _providers(args, default=None):
 def cmd_check(args) -> int:
     from softlight.bench.check import format_table, run_check
 
+    _check_shapes(args)
     df = run_check(ops=args.op, dtypes=args.dtype, shapes=args.shape, providers=_providers(args, ["softlight"]))
     print(format_table(df))
     failed = df[~df.status.isin(["ok", "unsupported"])]
@@ -148,8 +160,25 @@ def _progress(work):
 
     bar = tqdm(work, unit="run", dynamic_ncols=True, file=sys.stderr)
     for case, provider in bar:
-        bar.set_description(f"{case.op} {case.dtype} {case.rows}x{case.cols} {provider.name}")
+        bar.set_description(f"{case.op} {case.dtype} {case.label} {provider.name}")
         yield case, provider
+
+
+def _cases(args, grid):
+    """The sweep's cases: each op on its grid (or on --shape), in its grid's dtypes (or --dtype)."""
+    from softlight.bench.measure import Case
+
+    row_shapes, row_dtypes = grid.quick_grid() if args.quick else grid.default_grid()
+    linear_shapes, linear_dtypes = grid.quick_linear_grid() if args.quick else grid.linear_grid()
+    cases = []
+    for op in args.op or OPS:
+        if is_linear(op):
+            given = [s if len(s) == 3 else (*s, grid.LINEAR_HIDDEN) for s in args.shape or []]
+            shapes, dtypes = given or linear_shapes, args.dtype or linear_dtypes
+        else:
+            shapes, dtypes = args.shape or row_shapes, args.dtype or row_dtypes
+        cases += [Case(op, dtype, *shape) for dtype in dtypes for shape in shapes]
+    return cases
 
 
 def cmd_bench(args) -> int:
@@ -157,17 +186,16 @@ def cmd_bench(args) -> int:
 
     import softlight
     from softlight.bench import grid, report, summary, table
-    from softlight.bench.measure import Case, CudaDevice, run_sweep
+    from softlight.bench.measure import CudaDevice, run_sweep
     from softlight.bench.spec import slugify
 
+    _check_shapes(args)
     if not torch.cuda.is_available():
         return _bench_without_gpu(args, "no CUDA GPU here")
     if softlight.INTERPRETED:
         return _bench_without_gpu(args, "the kernels run on Triton's interpreter (TRITON_INTERPRET=1)")
     chosen = _providers(args)
-    shapes, dtypes = grid.quick_grid() if args.quick else grid.default_grid()
-    shapes, dtypes = args.shape or shapes, args.dtype or dtypes
-    cases = [Case(op, dtype, rows, cols) for op in args.op or OPS for dtype in dtypes for rows, cols in shapes]
+    cases = _cases(args, grid)
     directions = args.direction or DIRECTIONS
     device = CudaDevice()
     print(f"softlight bench on {device.name}: {len(cases)} op/dtype/shape cases x {len(chosen)} providers "
@@ -183,7 +211,8 @@ def cmd_bench(args) -> int:
     folder = report.render(whole, args.out)
     print(f"\nreport: {folder}/README.md, table: {path}\n")
     print(summary.format_text(df))
-    for line in summary.losses(df):
+    # A line can be in both lists (token_logprobs is a row op and a memory-lean loss): print it once.
+    for line in dict.fromkeys(summary.losses(df) + summary.lean_losses(df) + summary.peers_not_timed(df)):
         print(f"- {line}")
     for provider, group in df[df.status == "unavailable"].groupby("provider"):
         print(f"not timed: {provider} ({group.note.iloc[0]})")
@@ -230,7 +259,8 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="check, then time, every op against every provider; write reports/<device>/")
     _selection(p)
-    p.add_argument("--quick", action="store_true", help="a small grid: 4 column counts and one rows point, bf16 only")
+    p.add_argument("--quick", action="store_true", help="a small grid: 4 column counts and one rows point, bf16 only "
+                                                        "(linear_cross_entropy: 8192 tokens, vocabulary 32000 and 262144)")
     p.add_argument("--out", default="reports", help="reports folder (default: reports)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new results table instead of merging into the device's existing one")

@@ -67,7 +67,8 @@ def format_text(result: pd.DataFrame, show_all: bool = False) -> str:
         view = pd.DataFrame({
             "verdict": shown.verdict.astype(str), "op": shown.op, "direction": shown.direction,
             "provider": shown.provider, "dtype": shown.dtype,
-            "shape": [f"{int(r)}x{int(c)}" for r, c in zip(shown.rows, shown.cols)],
+            "shape": [f"{int(r)}x{int(c)}" + (f"x{int(h)}" if h else "")
+                      for r, c, h in zip(shown.rows, shown.cols, shown.hidden)],
             "old ms [p20-p80]": [_ms(*v) for v in zip(shown.ms_p50_old, shown.ms_p20_old, shown.ms_p80_old)],
             "new ms [p20-p80]": [_ms(*v) for v in zip(shown.ms_p50_new, shown.ms_p20_new, shown.ms_p80_new)],
             "change": shown.change.map(lambda v: f"{v:+.1%}" if math.isfinite(v) else "-"),

@@ -17,7 +17,7 @@ import torch
 from . import table
 from .ops import Reference, make_inputs, timed_call, verify
 from .providers import Provider
-from .spec import DIRECTIONS, OPS, bytes_moved, dtype_name
+from .spec import DIRECTIONS, LINEAR_OPS, OPS, bytes_moved, dtype_name, is_linear, matmul_flops
 
 __all__ = ["Timing", "Device", "CudaDevice", "Case", "measure_ceiling", "run_sweep"]
 
@@ -75,21 +75,31 @@ class CudaDevice:
 
 @dataclass(frozen=True)
 class Case:
-    """One op on one (rows, cols) input of one dtype."""
+    """One op on one (rows, cols) input of one dtype; a linear op also has its hidden size
+    (hidden states (rows, hidden), weight (cols, hidden)), the other ops hidden 0."""
 
     op: str
     dtype: str
     rows: int
     cols: int
+    hidden: int = 0
 
     def __post_init__(self):
         if self.op not in OPS:
             raise ValueError(f"Case.op must be one of {OPS}, got {self.op!r}")
         object.__setattr__(self, "dtype", dtype_name(self.dtype))
-        for name in ("rows", "cols"):
+        for name in ("rows", "cols", "hidden"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or (value == 0 and name != "hidden"):
                 raise ValueError(f"Case.{name} must be a positive int, got {value!r}")
+        if is_linear(self.op) and self.hidden == 0:
+            raise ValueError(f"Case.hidden must be a positive int for {self.op} (its hidden size), got 0")
+        if not is_linear(self.op) and self.hidden:
+            raise ValueError(f"Case.hidden applies only to {', '.join(LINEAR_OPS)}; {self.op} got {self.hidden!r}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.rows}x{self.cols}" + (f"x{self.hidden}" if self.hidden else "")
 
 
 def measure_ceiling(device: Device) -> float:
@@ -113,13 +123,20 @@ def _free(device: Device):
 
 
 def _record(case, provider, direction, ceiling, status, note="", verdict=None, timing=None, peak=None):
-    n_bytes = bytes_moved(case.op, direction, case.rows, case.cols, case.dtype)
-    gbps = n_bytes / (timing.p50 * 1e-3) / 1e9 if timing else math.nan
+    seconds = timing.p50 * 1e-3 if timing else math.nan
+    if is_linear(case.op):
+        n_bytes, gbps = None, math.nan
+        flops = matmul_flops(case.op, direction, case.rows, case.cols, case.hidden)
+        tflops = flops / seconds / 1e12
+    else:
+        n_bytes = bytes_moved(case.op, direction, case.rows, case.cols, case.dtype)
+        gbps = n_bytes / seconds / 1e9
+        flops, tflops = None, math.nan
     return dict(op=case.op, direction=direction, provider=provider.name, dtype=case.dtype,
-                rows=case.rows, cols=case.cols, status=status,
+                rows=case.rows, cols=case.cols, hidden=case.hidden, status=status,
                 ms_p50=timing.p50 if timing else math.nan, ms_p20=timing.p20 if timing else math.nan,
                 ms_p80=timing.p80 if timing else math.nan, bytes=n_bytes, gbps=gbps,
-                pct_of_ceiling=100 * gbps / ceiling, ceiling_gbps=ceiling,
+                pct_of_ceiling=100 * gbps / ceiling, ceiling_gbps=ceiling, flops=flops, tflops=tflops,
                 peak_mem_bytes=math.nan if peak is None else peak,
                 max_error=verdict.error if verdict else math.nan,
                 tolerance=verdict.tolerance if verdict else math.nan, note=note)
@@ -200,7 +217,8 @@ def run_sweep(cases: Iterable[Case], providers: list[Provider], device: Device, 
             current, inputs, reference, setup_error = case, None, None, None
             _free(device)
             try:
-                inputs = make_inputs(case.op, case.rows, case.cols, case.dtype, device.torch_device, generator)
+                inputs = make_inputs(case.op, case.rows, case.cols, case.dtype, device.torch_device, generator,
+                                     case.hidden)
                 reference = Reference(inputs, generator)
             except Exception as exc:  # e.g. out of memory: this shape fails, the sweep goes on
                 setup_error = f"inputs or reference: {_error_note(exc)}"

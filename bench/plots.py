@@ -2,9 +2,18 @@
 
     gbps-<op>-<direction>-<dtype>.png   GB/s per provider against columns (the fixed-total
                                         sweep) and against rows (the rows sweep), with the
-                                        copy ceiling as a dashed line
-    speedup-<op>-<dtype>.png            each provider's speedup over torch eager, per direction
-    memory-<op>-<dtype>.png             peak memory per provider, per direction
+                                        copy ceiling as a dashed line (row ops only)
+    speedup-<stem>.png                  each provider's speedup over torch eager, per direction
+    memory-<stem>.png                   peak memory per provider, per direction
+    time-<stem>.png                     median time per provider, per direction (the
+                                        memory-lean ops, whose point is memory at a known cost)
+
+<stem> is <op>-<dtype>, or <op>-h<hidden>-<dtype> for a linear op (its table may hold several
+hidden sizes). The x axis is the columns (the vocabulary). A row op's figure has a panel per
+direction, on the fixed-total sweep (the most rows measured at each column count). A linear op's
+has a panel per direction and token count: its grid holds every token count at every
+vocabulary, and a provider that runs out of memory at the most tokens must still show where it
+did run.
 """
 
 from pathlib import Path
@@ -13,10 +22,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .spec import DIRECTIONS
+from .spec import DIRECTIONS, LEAN_OPS, LINEAR_OPS
 from .summary import OURS, peers, timed
 
-__all__ = ["columns_sweep", "rows_sweep", "draw_all"]
+__all__ = ["columns_sweep", "rows_sweep", "draw_all", "stem"]
 
 _COLORS = {OURS: "tab:red", "torch": "tab:blue", "torch.compile": "tab:green", "liger": "tab:purple", "quack": "tab:orange"}
 
@@ -95,20 +104,30 @@ def _gbps_figure(group, providers, title, path):
     return _save(fig, path)
 
 
+def stem(op, dtype, hidden=0) -> str:
+    """The part of a plot's file name after its kind: <op>-<dtype>, or <op>-h<hidden>-<dtype>."""
+    return f"{op}-h{int(hidden)}-{dtype}" if op in LINEAR_OPS else f"{op}-{dtype}"
+
+
 def _per_direction_figure(data, providers, y, ylabel, title, path, scale=1.0, reference_line=None):
+    """Panels per direction (a row op), or per direction and token count (a linear op)."""
     directions = [d for d in DIRECTIONS if d in set(data.direction)]
-    fig = _figure(4.5 * len(directions), 3.8)
-    axes = fig.subplots(1, len(directions), squeeze=False)[0]
-    for ax, direction in zip(axes, directions):
-        _lines(ax, data[data.direction == direction], "cols", y, providers, scale)
-        if reference_line is not None:
-            ax.axhline(reference_line, color="black", linestyle="--", linewidth=1)
-        else:
-            ax.set_ylim(bottom=0)
-        ax.set_title(direction)
-        ax.set_xlabel("columns (rows x columns fixed)")
-        ax.set_ylabel(ylabel)
-    axes[0].legend(fontsize=8)
+    linear = data.op.iloc[0] in LINEAR_OPS
+    tokens = sorted(set(data.rows)) if linear else [None]
+    fig = _figure(4.5 * len(directions), 3.8 * len(tokens))
+    axes = fig.subplots(len(tokens), len(directions), squeeze=False)
+    for row, n in enumerate(tokens):
+        for ax, direction in zip(axes[row], directions):
+            panel = data[(data.direction == direction) & ((data.rows == n) if linear else True)]
+            _lines(ax, panel, "cols", y, providers, scale)
+            if reference_line is not None:
+                ax.axhline(reference_line, color="black", linestyle="--", linewidth=1)
+            else:
+                ax.set_ylim(bottom=0)
+            ax.set_title(f"{direction}, {n} tokens" if linear else direction)
+            ax.set_xlabel("vocabulary" if linear else "columns (rows x columns fixed)")
+            ax.set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=8)
     fig.suptitle(title)
     return _save(fig, path)
 
@@ -128,21 +147,27 @@ def draw_all(df: pd.DataFrame, folder) -> list[Path]:
     providers = _providers(df)
     device = df.device.iloc[0]
     written = []
-    for (op, direction, dtype), group in ok.groupby(["op", "direction", "dtype"]):
+    for (op, direction, dtype), group in ok[~ok.op.isin(LINEAR_OPS)].groupby(["op", "direction", "dtype"]):
         written.append(_gbps_figure(group, providers, f"{op} {direction}, {dtype} — {device}",
                                     folder / f"gbps-{op}-{_slug(direction)}-{dtype}.png"))
-    for (op, dtype), group in ok.groupby(["op", "dtype"]):
-        fixed_total = pd.concat([columns_sweep(g) for _, g in group.groupby("direction")])
-        speedup = _speedup_over_torch(fixed_total)
+    for (op, dtype, hidden), group in ok.groupby(["op", "dtype", "hidden"]):
+        name = stem(op, dtype, hidden)
+        what = f"{op}" + (f" (hidden {hidden})" if hidden else "") + f", {dtype}"
+        shown = group if op in LINEAR_OPS else pd.concat([columns_sweep(g) for _, g in group.groupby("direction")])
+        speedup = _speedup_over_torch(shown)
         if len(speedup):
             written.append(_per_direction_figure(
                 speedup, [p for p in providers if p != "torch"], "speedup", "speedup over torch eager (x)",
-                f"{op}, {dtype}: speedup over torch eager — {device}", folder / f"speedup-{op}-{dtype}.png",
+                f"{what}: speedup over torch eager — {device}", folder / f"speedup-{name}.png",
                 reference_line=1.0))
-        memory = fixed_total.dropna(subset=["peak_mem_bytes"])
+        memory = shown.dropna(subset=["peak_mem_bytes"])
         if len(memory):
             written.append(_per_direction_figure(
                 memory.astype({"peak_mem_bytes": "float64"}), providers, "peak_mem_bytes",
-                "peak memory above inputs (MiB)", f"{op}, {dtype}: peak memory — {device}",
-                folder / f"memory-{op}-{dtype}.png", scale=1 / 2**20))
+                "peak memory above inputs (MiB)", f"{what}: peak memory — {device}",
+                folder / f"memory-{name}.png", scale=1 / 2**20))
+        if op in LEAN_OPS:
+            written.append(_per_direction_figure(
+                shown, providers, "ms_p50", "median time (ms)", f"{what}: time per call — {device}",
+                folder / f"time-{name}.png"))
     return written

@@ -1,7 +1,8 @@
 """Providers: the implementations the benchmark runs side by side.
 
-A provider is a callable that takes an op name ("softmax", "log_softmax" or "cross_entropy")
-and returns the function computing that op, or None when it does not implement it:
+A provider is a callable that takes an op name ("softmax", "log_softmax", "cross_entropy",
+"token_logprobs" or "linear_cross_entropy") and returns the function computing that op, or None
+when it does not implement it:
 
     def provider(op: str) -> Callable | Impl | None
 
@@ -18,6 +19,19 @@ benchmark's device and returns a tensor that torch autograd can differentiate:
                                                target: (rows,) int64 class indices in [0, cols);
                                                loss: the mean over rows, a 0-d tensor of any
                                                float dtype
+    token_logprobs:        fn(logits, ids) -> logp
+                                               logits: (rows, cols) of the run's dtype;
+                                               ids: (rows,) int64 token ids in [0, cols);
+                                               logp: (rows,) log_softmax(logits)[ids] per row,
+                                               of any float dtype (the incoming gradient is
+                                               float32, one per row)
+    linear_cross_entropy:  fn(hidden, weight, target) -> loss
+                                               hidden: (rows, H) and weight: (cols, H), both of
+                                               the run's dtype; target: (rows,) int64 class
+                                               indices in [0, cols); loss: the mean over rows
+                                               of cross_entropy(hidden @ weight.T, target), a
+                                               0-d tensor of any float dtype, differentiable in
+                                               hidden and weight (no bias)
 
 Wrap the function in Impl to exclude directions it cannot be timed in alone (for example a
 backward pass that only rescales a gradient computed during forward) and to add a note.
@@ -74,14 +88,39 @@ class Provider:
                         "expected a function, an Impl or None")
 
 
+# A mean loss whose gradients are computed during forward has a backward that only multiplies
+# them by the incoming gradient: timing it alone would time a rescale, not the op's backward.
+_GRADIENT_IN_FORWARD = ("forward", "forward+backward")
+
+
 def _softlight(op):
     import softlight
 
+    if op == "linear_cross_entropy":
+        return Impl(softlight.linear_cross_entropy, directions=_GRADIENT_IN_FORWARD,
+                    note="softlight computes a mean loss's gradients during forward; its backward only rescales "
+                         "them, so it is not timed alone")
     return {
         "softmax": lambda x: softlight.softmax(x, -1),
         "log_softmax": lambda x: softlight.log_softmax(x, -1),
         "cross_entropy": softlight.cross_entropy,
+        "token_logprobs": softlight.token_logprobs,
     }[op]
+
+
+def _torch_token_logprobs(logits, ids):
+    import torch
+
+    # What reinforcement-learning code writes today: a whole (N, V) float32 log-softmax, read
+    # back for one value per row.
+    return torch.log_softmax(logits.float(), -1).gather(-1, ids[:, None])[:, 0]
+
+
+def _torch_linear_cross_entropy(hidden, weight, target):
+    import torch.nn.functional as F
+
+    # The unfused path as training code runs it: the logits, their float32 copy, then the loss.
+    return F.cross_entropy(F.linear(hidden, weight).float(), target)
 
 
 def _torch(op):
@@ -91,6 +130,8 @@ def _torch(op):
         "softmax": lambda x: torch.softmax(x, -1),
         "log_softmax": lambda x: torch.log_softmax(x, -1),
         "cross_entropy": torch.nn.functional.cross_entropy,
+        "token_logprobs": _torch_token_logprobs,
+        "linear_cross_entropy": _torch_linear_cross_entropy,
     }[op]
 
 
@@ -106,6 +147,18 @@ def _torch_compile(op):
 def _liger(op):
     import liger_kernel.transformers.functional as liger
 
+    if op == "linear_cross_entropy":
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        loss = LigerFusedLinearCrossEntropyLoss()
+
+        def fused(hidden, weight, target):
+            out = loss(weight, hidden, target)  # Liger takes the weight first
+            # Versions that can also return the z-loss return a tuple.
+            return out[0] if isinstance(out, tuple) else out
+        return Impl(fused, directions=_GRADIENT_IN_FORWARD,
+                    note="Liger computes the gradients during forward; its backward only rescales them, so it is "
+                         "not timed alone")
     if op == "cross_entropy":
         return Impl(liger.liger_cross_entropy, directions=("forward", "forward+backward"),
                     note="Liger writes the gradient during forward; its backward only rescales it, so it is not timed alone")

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots, table
-from .spec import DIRECTIONS, DTYPES, OPS, UsageError, slugify
-from .summary import OURS, headline, losses, peers, timed
+from .spec import DIRECTIONS, DTYPES, LEAN_OPS, LINEAR_OPS, ROW_OPS, UsageError, slugify
+from .summary import (OURS, headline, lean_headline, lean_losses, losses, peers, peers_not_timed, rate, shape_label,
+                      timed)
 
 __all__ = ["RESULTS_NAME", "render", "write_index"]
 
@@ -72,8 +73,11 @@ HOW_TO_READ = """## How to read this
 def _summary(df) -> list[str]:
     h = headline(df)
     lines = ["## Summary", ""]
-    if h.empty:
+    if timed(df).empty:
         return lines + ["Nothing in this table was timed."]
+    if h.empty:
+        return lines + [f"No row op ({', '.join(ROW_OPS)}) was timed in this table; the memory-lean losses are "
+                        "summarised in their own section."]
     vs = [c for c in h.columns if c.startswith("vs ")]
     header = ["op", "direction", "dtype", "best provider (fastest on)", "softlight GB/s", "softlight % of ceiling"]
     header += [f"speedup {c}" for c in vs]
@@ -111,12 +115,16 @@ def _cell(r):
 def _details(df, plot_names) -> list[str]:
     lines = []
     providers = [OURS] * (OURS in set(df.provider)) + peers(df)
-    for op in [o for o in OPS if o in set(df.op)]:
+    for op in [o for o in ROW_OPS if o in set(df.op)]:
         lines += ["", f"## {op}"]
-        for dtype in [d for d in DTYPES if d in set(df.dtype[df.op == op])]:
-            for name, what in ((f"speedup-{op}-{dtype}.png", "speedup over torch"), (f"memory-{op}-{dtype}.png", "peak memory")):
-                if name in plot_names:
-                    lines += ["", f"![{op} {dtype} {what}](plots/{name})"]
+        if op in LEAN_OPS:
+            lines += ["", "Its peak memory, time and speedup plots are in the section on memory-lean losses."]
+        else:
+            for dtype in [d for d in DTYPES if d in set(df.dtype[df.op == op])]:
+                for name, what in ((f"speedup-{op}-{dtype}.png", "speedup over torch"),
+                                   (f"memory-{op}-{dtype}.png", "peak memory")):
+                    if name in plot_names:
+                        lines += ["", f"![{op} {dtype} {what}](plots/{name})"]
         for direction in [d for d in DIRECTIONS if d in set(df.direction[df.op == op])]:
             for dtype in [d for d in DTYPES if d in set(df.dtype[df.op == op])]:
                 group = df[(df.op == op) & (df.direction == direction) & (df.dtype == dtype)]
@@ -132,6 +140,107 @@ def _details(df, plot_names) -> list[str]:
                     rows.append([f"{r} x {c}", pct] + [_cell(by[p]) if p in by else "-" for p in providers])
                 lines += ["GB/s by provider (median time; `-`: not run or not supported).", ""]
                 lines += _md_table(["rows x cols", "softlight % of ceiling"] + providers, rows)
+    return lines
+
+
+LEAN_HOW_TO_READ = """What these ops are for is memory. `linear_cross_entropy` computes the loss of logits =
+hidden @ weight.T without ever holding the (N, V) logits, which torch's unfused path
+(`F.cross_entropy(F.linear(hidden, weight).float(), target)`) holds several times over: in the
+hidden dtype, in float32, as log-softmax and as their gradient. `token_logprobs` gives each row's
+log-probability of one token without writing an (N, V) log-softmax.
+
+- Peak memory: what one call allocates above its inputs (for backward and forward+backward the
+  gradients it returns included), from torch's CUDA memory statistics. Less memory than a peer:
+  the peer's peak / softlight's, geometric mean over the shapes where both were timed; above 1
+  softlight needs less.
+- `linear_cross_entropy` is matmul-bound, so its rate is TFLOP/s: 2 N H V flops per matmul of N
+  tokens, hidden size H and vocabulary V; forward one matmul (the logits), backward two (the
+  gradients of hidden and weight), forward+backward three, the fewest any implementation needs.
+  No bytes model and no percent of the copy ceiling apply to it. Shapes read tokens x vocabulary
+  x hidden size; the loss is the mean over tokens, checked (with the gradients of hidden and
+  weight) against the float64 reference on the logits as `F.linear` rounds them.
+- softlight and Liger compute a mean loss's gradients during forward and only rescale them in
+  backward, so their backward is not timed alone; compare their forward+backward.
+- `token_logprobs` is a row op like the others (GB/s, percent of the ceiling): forward N V
+  elements + 12 N bytes (int64 ids read, float32 log-probabilities written), backward 2 N V + 12 N
+  (the incoming gradient is one float32 per row), forward+backward 3 N V + 24 N (that gradient
+  arrives only after forward, so the logits are read twice).
+"""
+
+
+def _fmt_bytes(v) -> str:
+    if not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if v >= size:
+            return f"{v / size:.{2 if unit == 'GiB' else 1}f} {unit}"
+    return f"{v:.0f} B"
+
+
+def _lean_cell(r) -> str:
+    if r.status != "ok":
+        return r.status if r.status != "unsupported" else "-"
+    peak = r.peak_mem_bytes
+    return f"{r.ms_p50:.3g} ms, " + (_fmt_bytes(float(peak)) if pd.notna(peak) else "peak -")
+
+
+def _lean(df, plot_names) -> list[str]:
+    """The section on the memory-lean ops: headline, losses, plots and per-shape tables."""
+    present = [op for op in LEAN_OPS if op in set(df.op)]
+    if not present:
+        return []
+    lines = ["", "## Memory-lean losses", "", LEAN_HOW_TO_READ]
+    h = lean_headline(df)
+    if h.empty:
+        lines += ["Nothing of these ops was timed."]
+    else:
+        speed = [c for c in h.columns if c.startswith("vs ")]
+        memory = [c for c in h.columns if c.startswith("memory vs ")]
+        header = ["op", "direction", "dtype", "best provider (fastest on)", "softlight rate (median)",
+                  "softlight's largest peak"]
+        header += [f"speedup {c}" for c in speed] + [f"less memory than {c.removeprefix('memory vs ')}" for c in memory]
+        rows = [[r["op"], r["direction"], r["dtype"], f"{r['best']} ({r['best_wins']} of {r['shapes']} shapes)",
+                 _fmt(r["softlight_rate"], ".1f", f" {r['rate_unit']}") if math.isfinite(r["softlight_rate"])
+                 else "not timed", _fmt_bytes(r["softlight_peak_max"])]
+                + [_fmt(r[c], ".2f", "x") for c in speed + memory] for _, r in h.iterrows()]
+        lines += _md_table(header, rows)
+    lines += ["", "### Where softlight loses (memory-lean losses)", ""]
+    lost = lean_losses(df)
+    lines += [f"- {s}" for s in lost] if lost else ["softlight is the fastest and needs the least peak memory on "
+                                                   "every shape timed here."]
+    failed = peers_not_timed(df)
+    if failed:
+        lines += ["", "Peers that were not timed on shapes where softlight was:", ""] + [f"- {s}" for s in failed]
+    for op in present:
+        sub = df[df.op == op]
+        ran = set(sub.provider[~sub.status.isin(["unsupported", "unavailable"])])
+        providers = [p for p in [OURS] + peers(df) if p in ran]
+        for hidden in sorted(set(sub.hidden)):
+            for dtype in [d for d in DTYPES if d in set(sub.dtype)]:
+                group = sub[(sub.hidden == hidden) & (sub.dtype == dtype)]
+                if group.empty:
+                    continue
+                title = f"{op}" + (f", hidden size {hidden}" if hidden else "") + f", {dtype}"
+                lines += ["", f"### {title}", ""]
+                name = plots.stem(op, dtype, hidden)
+                for kind, what in (("memory", "peak memory"), ("time", "time"), ("speedup", "speedup over torch")):
+                    if f"{kind}-{name}.png" in plot_names:
+                        lines += [f"![{title}: {what}](plots/{kind}-{name}.png)", ""]
+                column, unit = rate(op)
+                for direction in [d for d in DIRECTIONS if d in set(group.direction)]:
+                    rows = []
+                    per = group[group.direction == direction]
+                    for (c, r, hd), shape in per.groupby(["cols", "rows", "hidden"]):
+                        by = {p.provider: p for p in shape.itertuples()}
+                        ours = by.get(OURS)
+                        ours_rate = _fmt(getattr(ours, column), ".1f") if ours is not None and ours.status == "ok" else "-"
+                        rows.append([shape_label(r, c, hd), ours_rate] + [_lean_cell(by[p]) if p in by else "-"
+                                                                         for p in providers])
+                    what = "tokens x vocabulary x hidden" if op in LINEAR_OPS else "rows x cols"
+                    lines += [f"#### {op} {direction}, {dtype}", "",
+                              "Median time and peak memory above the inputs by provider (`-`: not run or not "
+                              "supported).", ""]
+                    lines += _md_table([what, f"softlight {unit}"] + providers, rows) + [""]
     return lines
 
 
@@ -160,6 +269,7 @@ def render(df: pd.DataFrame, out_root, source=None) -> Path:
     if (folder / STABILITY_PAGE).exists():
         lines += ["", "## Numerical stability", "",
                   f"The adversarial catalogue on this device, in ulps against exact answers: [`{STABILITY_PAGE}`]({STABILITY_PAGE})."]
+    lines += _lean(df, plot_names)
     lines += _details(df, plot_names)
     (folder / "README.md").write_text("\n".join(lines) + "\n")
     write_index(out_root)

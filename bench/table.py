@@ -2,18 +2,25 @@
 
 It is the only thing reports are made from, so every fact a report states is a column here:
 
-    op, direction, provider, dtype, rows, cols   what was run
+    op, direction, provider, dtype, rows, cols, hidden   what was run; hidden is the hidden size
+                  H of a linear op (hidden states rows x H, weight cols x H), 0 for the others
     status        ok (checked, then timed), wrong (over tolerance: not timed), error (raised:
                   see note), unsupported (the provider lacks this op or direction),
                   unavailable (the provider could not be imported: see note)
     ms_p50, ms_p20, ms_p80   milliseconds per call: median, 20th and 80th percentiles
-    bytes         the op's minimum bytes (spec.bytes_moved); gbps = bytes / median time
+    bytes         a row op's minimum bytes (spec.bytes_moved); gbps = bytes / median time;
+                  empty for a linear op, whose work is matmuls
     pct_of_ceiling, ceiling_gbps   gbps as a percent of the device-to-device copy measured in
-                  the same run
+                  the same run (the ceiling is there for every row, the percent only with gbps)
+    flops, tflops  a linear op's matmul flops (spec.matmul_flops) and flops / median time in
+                  TFLOP/s; empty for the row ops
     peak_mem_bytes   peak memory allocated by one call, above its inputs
     max_error, tolerance   relative norm error against the float64 reference, and the bound
     note          why a row is not ok
     device, torch, triton, git_rev, date   where and when (date: UTC, ISO 8601)
+
+Tables written before the linear ops existed lack hidden, flops and tflops: `read` fills them in
+(0 and empty), since every row of such a table is a row op.
 """
 
 import subprocess
@@ -22,17 +29,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from .spec import DIRECTIONS, DTYPES, OPS, UsageError
+from .spec import DIRECTIONS, DTYPES, LINEAR_OPS, OPS, UsageError
 
-__all__ = ["COLUMNS", "KEY", "STATUSES", "environment", "finish", "read", "write", "merge", "runs"]
+__all__ = ["COLUMNS", "KEY", "STATUSES", "LATER_COLUMNS", "environment", "finish", "read", "write", "merge", "runs"]
 
-KEY = ["op", "direction", "provider", "dtype", "rows", "cols"]
+KEY = ["op", "direction", "provider", "dtype", "rows", "cols", "hidden"]
 ENVIRONMENT = ["device", "torch", "triton", "git_rev", "date"]
 COLUMNS = KEY + ["status", "ms_p50", "ms_p20", "ms_p80", "bytes", "gbps", "pct_of_ceiling", "ceiling_gbps",
-                 "peak_mem_bytes", "max_error", "tolerance", "note"] + ENVIRONMENT
+                 "flops", "tflops", "peak_mem_bytes", "max_error", "tolerance", "note"] + ENVIRONMENT
+# Columns added with the linear ops, and their value in a table written before them.
+LATER_COLUMNS = {"hidden": 0, "flops": pd.NA, "tflops": float("nan")}
 STATUSES = ("ok", "wrong", "error", "unsupported", "unavailable")
-_INTS = ["rows", "cols", "bytes"]
-_FLOATS = ["ms_p50", "ms_p20", "ms_p80", "gbps", "pct_of_ceiling", "ceiling_gbps", "max_error", "tolerance"]
+_INTS = ["rows", "cols", "hidden"]
+_NULLABLE_INTS = ["bytes", "flops", "peak_mem_bytes"]
+_FLOATS = ["ms_p50", "ms_p20", "ms_p80", "gbps", "pct_of_ceiling", "ceiling_gbps", "tflops", "max_error", "tolerance"]
 _TEXT = ["op", "direction", "provider", "dtype", "status", "note"] + ENVIRONMENT
 
 
@@ -65,7 +75,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
         df[c] = df[c].astype("int64")
     for c in _FLOATS:
         df[c] = df[c].astype("float64")
-    df["peak_mem_bytes"] = df["peak_mem_bytes"].astype("Int64")
+    for c in _NULLABLE_INTS:
+        df[c] = df[c].astype("Int64")
     for c in _TEXT:
         df[c] = df[c].astype(object).fillna("").astype(str)
     return df
@@ -74,12 +85,14 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
 def finish(records: list[dict], env: dict) -> pd.DataFrame:
     """The table of a run's records, each stamped with the run's environment."""
     df = pd.DataFrame.from_records(records, columns=[c for c in COLUMNS if c not in ENVIRONMENT])
+    df["hidden"] = df["hidden"].fillna(LATER_COLUMNS["hidden"])  # a row op's record may leave it out
     for k, v in env.items():
         df[k] = v
     return _typed(df)
 
 
 def _validate(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    df = df.assign(**{c: v for c, v in LATER_COLUMNS.items() if c not in df.columns})
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise UsageError(f"{source}: not a softlight results table; missing columns: {', '.join(missing)}")
@@ -93,8 +106,17 @@ def _validate(df: pd.DataFrame, source: str) -> pd.DataFrame:
         raise UsageError(f"{source}: a column has values of the wrong type: {exc}") from exc
     if (df.rows < 1).any() or (df.cols < 1).any():
         raise UsageError(f"{source}: rows and cols must be positive")
+    linear = df.op.isin(LINEAR_OPS)
+    if (df.hidden[linear] < 1).any() or (df.hidden[~linear] != 0).any():
+        raise UsageError(f"{source}: hidden must be positive for {', '.join(LINEAR_OPS)} and 0 for the other ops")
+    if (df.bytes[linear].notna().any() or df.flops[linear].isna().any() or df.flops[~linear].notna().any()
+            or df.bytes[~linear].isna().any()):
+        raise UsageError(f"{source}: {', '.join(LINEAR_OPS)} rows have flops and no bytes, the other ops bytes "
+                         "and no flops")
     timed = df[df.status == "ok"]
-    if timed[["ms_p50", "gbps"]].isna().any().any():
+    timed_linear = timed.op.isin(LINEAR_OPS)
+    no_rate = (timed.gbps.isna() & ~timed_linear) | (timed.tflops.isna() & timed_linear)
+    if (timed.ms_p50.isna() | no_rate).any():
         raise UsageError(f"{source}: a row with status ok has no timing")
     if df.duplicated(KEY).any():
         raise UsageError(f"{source}: the same op, direction, provider, dtype and shape appears twice")

@@ -2,6 +2,7 @@
 compare from tables alone, and bad input answered with a clear error."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import torch
 from bench_fakes import FakeDevice
 
 import softlight
-from softlight.bench import table
-from softlight.bench.cli import main
+from softlight.bench import grid, table
+from softlight.bench.check import INTERPRETER_HIDDEN
+from softlight.bench.cli import _cases, main, parser
 
 EXAMPLE = Path(__file__).parent / "data" / "example-results.csv"
 FOLDER = "example-synthetic-not-measured"
@@ -48,6 +50,18 @@ def test_check_every_op_on_tiny_shapes(capsys):
     assert status == 0
     assert "16 passed, 0 failed" in out  # 2 ops x 2 dtypes x 2 shapes x forward and backward
     assert "cross_entropy  backward softlight bfloat16" in out
+
+
+def test_check_covers_the_memory_lean_losses(capsys):
+    status = main(["check", "--op", "token_logprobs", "linear_cross_entropy", "--dtype", "fp32", "bf16", "--shape", "3x64"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "8 passed, 0 failed" in out  # 2 ops x 2 dtypes x forward and backward
+    # A shape without a hidden size gives linear_cross_entropy the check's own.
+    assert re.search(rf"linear_cross_entropy +forward +softlight +bfloat16 +3 +64 +{INTERPRETER_HIDDEN} ", out)
+    assert main(["check", "--op", "linear_cross_entropy", "--dtype", "fp32", "--shape", "2x100x8"]) == 0
+    out = capsys.readouterr().out
+    assert "2 passed, 0 failed" in out and re.search(r"float32 +2 +100 +8 ", out)
 
 
 def test_check_reports_a_wrong_user_provider(capsys, wrong_provider):
@@ -95,6 +109,50 @@ def test_bench_gpu_path_with_a_fake_timer(tmp_path, monkeypatch, capsys):
     assert set(table.read(results).op) == {"softmax", "log_softmax"}
     assert main(["bench", "--op", "log_softmax", "--fresh", *common]) == 0
     assert set(table.read(results).op) == {"log_softmax"}
+
+
+def test_bench_gpu_path_with_a_fake_timer_on_linear_cross_entropy(tmp_path, monkeypatch, capsys):
+    from softlight.bench import measure
+
+    monkeypatch.setattr(softlight, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(measure, "CudaDevice", FakeDevice)
+    assert main(["bench", "--op", "linear_cross_entropy", "--dtype", "fp32", "--shape", "4x48x8", "--provider",
+                 "softlight", "torch", "--out", str(tmp_path), "--no-stability"]) == 0
+    out = capsys.readouterr().out
+    assert "memory-lean losses" in out and "TFLOP/s" in out
+    results = table.read(tmp_path / "fake-timer-not-measured" / "results.csv")
+    assert set(results.hidden) == {8} and results.flops.notna().all() and results.bytes.isna().all()
+    assert "## Memory-lean losses" in (tmp_path / "fake-timer-not-measured" / "README.md").read_text()
+
+
+def test_bench_sweeps_each_op_on_its_grid():
+    def cases(*argv):
+        return _cases(parser().parse_args(["bench", *argv]), grid)
+
+    every = cases()
+    linear = [c for c in every if c.op == "linear_cross_entropy"]
+    shapes, dtypes = grid.linear_grid()
+    assert {(c.rows, c.cols, c.hidden) for c in linear} == set(shapes) and {c.dtype for c in linear} == set(dtypes)
+    rows = [c for c in every if c.op == "token_logprobs"]
+    assert {(c.rows, c.cols) for c in rows} == set(grid.default_grid()[0]) and {c.hidden for c in rows} == {0}
+    quick = cases("--quick", "--op", "linear_cross_entropy")
+    assert {(c.rows, c.cols, c.hidden) for c in quick} == set(grid.quick_linear_grid()[0])
+    # A shape without a hidden size takes the grid's; --dtype applies to every op.
+    given = cases("--op", "softmax", "linear_cross_entropy", "--shape", "64x1000", "--dtype", "fp16")
+    assert {(c.op, c.rows, c.cols, c.hidden, c.dtype) for c in given} == {
+        ("softmax", 64, 1000, 0, "float16"), ("linear_cross_entropy", 64, 1000, grid.LINEAR_HIDDEN, "float16")}
+
+
+def test_compare_names_the_hidden_size_of_a_linear_shape(tmp_path, capsys):
+    lean = Path(__file__).parent / "data" / "example-lean-results.csv"
+    df = table.read(lean)
+    row = (df.provider == "softlight") & (df.op == "linear_cross_entropy") & (df.direction == "forward") & (df.cols == 32000)
+    df.loc[row & (df.rows == 4096), ["ms_p50", "ms_p20", "ms_p80"]] *= 1.5
+    table.write(df, tmp_path / "new.csv")
+    assert main(["compare", str(lean), str(tmp_path / "new.csv")]) == 1
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("regression"))
+    assert "linear_cross_entropy" in line and "4096x32000x4096" in line and "+50.0%" in line
 
 
 def test_stability_writes_its_page_and_indexes_it(tmp_path, capsys):
@@ -201,6 +259,9 @@ def test_compare_refuses_tables_of_different_devices(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["check", "--dtype", "int8"], "dtype must be one of"),
     (["check", "--shape", "4096"], "ROWSxCOLS"),
+    (["check", "--op", "softmax", "--shape", "4x64x8"], "--shape 4x64x8: a hidden size applies only to "
+                                                        "linear_cross_entropy, not to softmax"),
+    (["bench", "--shape", "4x64x8"], "--shape 4x64x8: a hidden size applies only to linear_cross_entropy"),
     (["check", "--op", "gelu"], "invalid choice: 'gelu'"),
     (["bench", "--direction", "up"], "invalid choice: 'up'"),
     (["check", "--provider", "nosuchprovider", "--shape", "1x8"], "--provider 'nosuchprovider'"),

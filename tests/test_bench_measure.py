@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from bench_fakes import FakeDevice
@@ -18,7 +19,7 @@ import softlight
 from softlight import reference as ref
 from softlight.bench import measure, ops, providers, table
 from softlight.bench.measure import Case
-from softlight.bench.spec import bytes_moved
+from softlight.bench.spec import bytes_moved, matmul_flops
 
 MODULE = "softlight_test_measure_providers"
 
@@ -226,3 +227,182 @@ def test_sweep_inputs_are_checked():
         measure.run_sweep([Case("softmax", "float32", 1, 8)], torch_only, FakeDevice(), directions=["up"])
     with pytest.raises(ValueError, match="providers"):
         measure.run_sweep([Case("softmax", "float32", 1, 8)], [], FakeDevice())
+
+
+# The memory-lean losses: token_logprobs (a row op) and linear_cross_entropy (hidden states and a
+# weight, measured in flops), with user providers that are wrong in one place each.
+
+LEAN_MODULE = "softlight_test_measure_lean_providers"
+
+
+@pytest.fixture(scope="module")
+def lean_providers(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lean_providers")
+    (folder / f"{LEAN_MODULE}.py").write_text(textwrap.dedent("""
+        import torch
+        import torch.nn.functional as F
+
+
+        def off(op):
+            # One percent off in the output, and so in every gradient.
+            if op == "token_logprobs":
+                return lambda x, ids: torch.log_softmax(x.float(), -1).gather(-1, ids[:, None])[:, 0] * 1.01
+            if op == "linear_cross_entropy":
+                return lambda h, w, t: F.cross_entropy(F.linear(h, w).float(), t) * 1.01
+            return None
+
+
+        class Nudged(torch.autograd.Function):
+            # The identity forward; backward makes the gradient one percent too large.
+            @staticmethod
+            def forward(ctx, t):
+                return t.clone()
+
+            @staticmethod
+            def backward(ctx, grad):
+                return grad * 1.01
+
+
+        def weight_gradient_off(op):
+            if op == "linear_cross_entropy":
+                return lambda h, w, t: F.cross_entropy(F.linear(h, Nudged.apply(w)).float(), t)
+            return None
+
+
+        def hidden_gradient_off(op):
+            if op == "linear_cross_entropy":
+                return lambda h, w, t: F.cross_entropy(F.linear(Nudged.apply(h), w).float(), t)
+            return None
+    """))
+    sys.path.insert(0, str(folder))
+    try:
+        yield __import__(LEAN_MODULE)
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(LEAN_MODULE, None)
+
+
+LEAN_CASES = [Case("token_logprobs", "float32", 3, 64), Case("linear_cross_entropy", "float32", 5, 40, 8),
+              Case("linear_cross_entropy", "bfloat16", 6, 50, 8)]
+
+
+@pytest.fixture(scope="module")
+def lean_run(lean_providers):
+    device = FakeDevice()
+    chosen = providers.resolve(["softlight", "torch"] + [f"{LEAN_MODULE}:{n}" for n in
+                                                         ("off", "weight_gradient_off", "hidden_gradient_off")])
+    df = measure.run_sweep(LEAN_CASES, chosen, device, seed=5)
+    return df.set_index(["op", "dtype", "direction", "provider"]), device
+
+
+def test_lean_ops_are_checked_then_timed(lean_run):
+    df, _ = lean_run
+    for case in LEAN_CASES:
+        for provider in ("softlight", "torch"):
+            rows = df.loc[(case.op, case.dtype, slice(None), provider), :]
+            assert (rows.max_error <= rows.tolerance).all() and rows.max_error.notna().all()
+            expected = ["ok"] * 3
+            if case.op == "linear_cross_entropy" and provider == "softlight":
+                expected[1] = "unsupported"  # its backward only rescales the gradients made in forward
+                assert "not timed alone" in rows.note.iloc[1]
+            assert list(rows.status) == expected, (case, provider)
+
+
+def test_lean_table_arithmetic_follows_from_the_timer(lean_run, tmp_path):
+    df, _ = lean_run
+    by_op = {case.op + case.dtype: case for case in LEAN_CASES}
+    ok = df[df.status == "ok"].reset_index()
+    for row in ok.itertuples():
+        case = by_op[row.op + row.dtype]
+        assert (row.rows, row.cols, row.hidden) == (case.rows, case.cols, case.hidden)
+        if row.op == "linear_cross_entropy":
+            flops = matmul_flops(row.op, row.direction, case.rows, case.cols, case.hidden)
+            assert row.flops == flops and row.tflops == pytest.approx(flops / 2e-3 / 1e12)
+            assert pd.isna(row.bytes) and math.isnan(row.gbps) and math.isnan(row.pct_of_ceiling)
+        else:
+            n_bytes = bytes_moved(row.op, row.direction, case.rows, case.cols, case.dtype)
+            assert row.bytes == n_bytes and row.gbps == pytest.approx(n_bytes / 2e-3 / 1e9)
+            assert pd.isna(row.flops) and math.isnan(row.tflops)
+    table.write(df.reset_index()[table.COLUMNS], tmp_path / "results.csv")
+    assert len(table.read(tmp_path / "results.csv")) == len(df)
+
+
+def test_a_wrong_lean_provider_is_reported_wrong_and_never_timed(lean_run):
+    df, _ = lean_run
+    for op, dtype in (("token_logprobs", "float32"), ("linear_cross_entropy", "float32")):
+        rows = df.loc[(op, dtype, slice(None), "off"), :]
+        assert list(rows.status) == ["wrong"] * 3 and rows.ms_p50.isna().all()
+        assert (rows.max_error > rows.tolerance).all()
+
+
+@pytest.mark.parametrize("provider, name", [("weight_gradient_off", "weight"), ("hidden_gradient_off", "hidden")])
+def test_each_gradient_of_linear_cross_entropy_is_checked(lean_run, provider, name):
+    df, _ = lean_run
+    rows = df.loc[("linear_cross_entropy", "float32", slice(None), provider), :]
+    # The loss is right, so forward is timed; the gradient is not.
+    assert list(rows.status) == ["ok", "wrong", "wrong"]
+    assert rows.ms_p50.iloc[1:].isna().all()
+    assert rows.note.iloc[1:].str.startswith(f"gradient of {name}: error").all()
+    assert list(rows.max_error.iloc[1:]) == pytest.approx([0.01, 0.01], rel=0.01)
+
+
+def test_linear_reference_is_the_reference_on_the_logits_the_matmul_rounds():
+    g = torch.Generator().manual_seed(0)
+    inputs = ops.make_inputs("linear_cross_entropy", 7, 30, "bfloat16", "cpu", g, hidden=8)
+    reference = ops.Reference(inputs, g)
+    h, w, t = (inputs.x.double().numpy(), inputs.weight.double().numpy(), inputs.target.numpy())
+    logits = torch.nn.functional.linear(inputs.x, inputs.weight).double().numpy()
+    assert list(reference.rows) == list(range(7)) and list(reference.vocab) == list(range(30))
+    assert float(reference.loss) == pytest.approx(float(ref.linear_cross_entropy(h, w, t, logits=logits)), rel=1e-12)
+    grad_hidden, grad_weight, _ = ref.linear_cross_entropy_backward(h, w, t, logits=logits)
+    np.testing.assert_allclose(reference.grads[0], grad_hidden, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(reference.grads[1], grad_weight, rtol=1e-10, atol=1e-14)
+
+
+def test_linear_reference_samples_rows_and_classes_in_blocks(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    inputs = ops.make_inputs("linear_cross_entropy", 40, 60, "float32", "cpu", g, hidden=8)
+    full = ops.Reference(inputs)
+    monkeypatch.setattr(ops, "SAMPLE_ELEMENTS", 240)  # 4 of 40 rows, 6 of 60 classes
+    monkeypatch.setattr(ops, "MIN_LINEAR_BLOCK_ROWS", 3)  # ten blocks of 4 rows, on the thread pool
+    sampled = ops.Reference(inputs, g)
+    rows, vocab = sampled.rows, sampled.vocab
+    assert len(rows) == 4 and rows[0] == 0 and rows[-1] == 39
+    targets = inputs.target.numpy()
+    assert {0, 59} | {int(targets[r]) for r in rows[:3]} <= set(vocab) and len(vocab) == 6
+    # Every row's log-sum-exp still enters the loss and the sampled weight gradient.
+    assert float(sampled.loss) == pytest.approx(float(full.loss), rel=1e-12)
+    np.testing.assert_allclose(sampled.grads[0], full.grads[0][rows], rtol=1e-12)
+    np.testing.assert_allclose(sampled.grads[1], full.grads[1][vocab], rtol=1e-12)
+
+
+def test_a_linear_provider_without_a_weight_gradient_is_wrong_not_an_error():
+    g = torch.Generator().manual_seed(3)
+    inputs = ops.make_inputs("linear_cross_entropy", 4, 20, "float32", "cpu", g, hidden=8)
+    reference = ops.Reference(inputs, g)
+    frozen = ops.verify(inputs, reference, lambda h, w, t: torch.nn.functional.cross_entropy(h @ w.detach().T, t))
+    assert frozen["forward"].ok and not frozen["backward"].ok
+    assert frozen["backward"].note.startswith("no gradient of weight")
+
+
+def test_token_logprobs_reference_checks_output_and_gradient():
+    g = torch.Generator().manual_seed(2)
+    inputs = ops.make_inputs("token_logprobs", 4, 50, "float32", "cpu", g)
+    assert inputs.dy.shape == (4,) and inputs.target.shape == (4,)
+    reference = ops.Reference(inputs, g)
+    torch_fn = providers.BUILTIN["torch"].implementation("token_logprobs").fn
+    assert all(v.ok for v in ops.verify(inputs, reference, torch_fn).values())
+    shifted = ops.verify(inputs, reference, lambda x, ids: torch_fn(x, ids) + 1e-3)
+    assert not shifted["forward"].ok and shifted["backward"].ok  # a constant shift has the right gradient
+    rows = ops.verify(inputs, reference, lambda x, ids: torch.log_softmax(x.float(), -1))
+    assert not rows["forward"].ok and "expected (4,)" in rows["forward"].note
+
+
+def test_linear_case_needs_a_hidden_size_and_row_ops_take_none():
+    with pytest.raises(ValueError, match="Case.hidden must be a positive int for linear_cross_entropy"):
+        Case("linear_cross_entropy", "bf16", 4, 64)
+    with pytest.raises(ValueError, match="Case.hidden applies only to linear_cross_entropy"):
+        Case("token_logprobs", "bf16", 4, 64, 8)
+    assert Case("linear_cross_entropy", "bf16", 4, 64, 8).label == "4x64x8"
+    with pytest.raises(ValueError, match="hidden size"):
+        ops.make_inputs("linear_cross_entropy", 2, 8, "float32", "cpu", torch.Generator())

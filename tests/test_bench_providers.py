@@ -21,6 +21,8 @@ def user_module(tmp_path, monkeypatch):
         def mine(op):
             if op == "softmax":
                 return lambda x: torch.softmax(x.float(), -1).to(x.dtype)
+            if op == "linear_cross_entropy":
+                return lambda hidden, weight, target: torch.nn.functional.cross_entropy(hidden @ weight.T, target)
             return None
 
         class Nested:
@@ -46,6 +48,58 @@ def test_builtin_implementations():
     torch.testing.assert_close(soft.fn(x), ref.fn(x))
 
 
+def test_builtin_implementations_of_the_memory_lean_losses():
+    x, ids = torch.randn(3, 40) * 4, torch.randint(0, 40, (3,))
+    soft = providers.BUILTIN["softlight"].implementation("token_logprobs")
+    eager = providers.BUILTIN["torch"].implementation("token_logprobs")
+    expected = torch.log_softmax(x.double(), -1)[torch.arange(3), ids]
+    torch.testing.assert_close(eager.fn(x, ids).double(), expected)
+    torch.testing.assert_close(soft.fn(x, ids).double(), expected)
+
+    h, w, t = torch.randn(5, 8), torch.randn(40, 8), torch.randint(0, 40, (5,))
+    soft = providers.BUILTIN["softlight"].implementation("linear_cross_entropy")
+    eager = providers.BUILTIN["torch"].implementation("linear_cross_entropy")
+    expected = torch.nn.functional.cross_entropy(h.double() @ w.double().T, t)
+    torch.testing.assert_close(eager.fn(h, w, t).double(), expected)
+    torch.testing.assert_close(soft.fn(h, w, t).double(), expected)
+    # softlight's mean loss has its gradients made in forward: its backward is never timed alone.
+    assert soft.directions == ("forward", "forward+backward") and "not timed alone" in soft.note
+    assert set(eager.directions) == {"forward", "backward", "forward+backward"}
+    for name in ("liger", "quack"):
+        try:
+            assert providers.BUILTIN[name].implementation("token_logprobs") is None
+        except ImportError:
+            pass  # not installed here: the run reports it unavailable
+
+
+def test_liger_linear_cross_entropy_gets_the_weight_first(monkeypatch):
+    """Liger's module is called as (weight, hidden, target); a stand-in records what it gets."""
+    import types
+
+    calls = []
+
+    class FusedLoss:
+        def __call__(self, *args):
+            calls.append(args)
+            return torch.tensor(2.0), torch.tensor(0.0)  # the (loss, z_loss) form of some versions
+
+    functional = types.ModuleType("liger_kernel.transformers.functional")
+    transformers = types.ModuleType("liger_kernel.transformers")
+    transformers.LigerFusedLinearCrossEntropyLoss = FusedLoss
+    transformers.functional = functional
+    package = types.ModuleType("liger_kernel")
+    package.transformers = transformers
+    for name, module in (("liger_kernel", package), ("liger_kernel.transformers", transformers),
+                         ("liger_kernel.transformers.functional", functional)):
+        monkeypatch.setitem(sys.modules, name, module)
+    impl = providers.BUILTIN["liger"].implementation("linear_cross_entropy")
+    h, w, t = torch.zeros(2, 3), torch.ones(5, 3), torch.tensor([0, 4])
+    assert float(impl.fn(h, w, t)) == 2.0
+    (args,) = calls
+    assert args[0] is w and args[1] is h and args[2] is t
+    assert impl.directions == ("forward", "forward+backward")
+
+
 def test_user_provider_by_module_attr(user_module):
     (p,) = providers.resolve([f"{user_module}:mine"])
     assert p.name == "mine" and p.origin == f"{user_module}:mine"
@@ -54,6 +108,11 @@ def test_user_provider_by_module_attr(user_module):
     torch.testing.assert_close(p.implementation("softmax").fn(x), torch.softmax(x, -1))
     (named,) = providers.resolve([f"fast={user_module}:Nested.provider"])
     assert named.name == "fast"
+    # The memory-lean ops reach a user provider by name like the others.
+    assert p.implementation("token_logprobs") is None
+    h, w, t = torch.randn(4, 6), torch.randn(9, 6), torch.randint(0, 9, (4,))
+    torch.testing.assert_close(p.implementation("linear_cross_entropy").fn(h, w, t),
+                               torch.nn.functional.cross_entropy(h @ w.T, t))
 
 
 @pytest.mark.parametrize("spec, match", [

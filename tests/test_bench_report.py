@@ -108,3 +108,86 @@ def test_a_report_covers_one_device(tmp_path):
     other = df.assign(device="another GPU")
     with pytest.raises(ValueError, match="one device"):
         report.render(pd.concat([df, other]), tmp_path)
+
+
+# The memory-lean losses, from tests/data/example-lean-results.csv (synthetic, like the example):
+# token_logprobs at softlight 2000 GB/s, torch 500, torch.compile 1000; peak bytes per logit
+# forward 1/16, 4, 2. linear_cross_entropy at softlight 400 TFLOP/s, torch 500, torch.compile 450,
+# liger 250; peak bytes per logit forward+backward 1, 12, 8 and liger 2 (0.5 at a vocabulary of
+# 32000); torch out of memory at 16384 x 262144. See tests/data/make_example_results.py.
+
+LEAN = Path(__file__).parent / "data" / "example-lean-results.csv"
+
+
+@pytest.fixture(scope="module")
+def rendered_lean(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lean_reports")
+    both = pd.concat([table.read(EXAMPLE), table.read(LEAN)], ignore_index=True)
+    folder = report.render(both, out)
+    return folder, (folder / "README.md").read_text()
+
+
+def test_lean_headline_numbers():
+    h = summary.lean_headline(table.read(LEAN)).set_index(["op", "direction", "dtype"])
+    tok = h.loc[("token_logprobs", "forward", "bfloat16")]
+    assert tok["vs torch"] == pytest.approx(4.0, rel=1e-5) and tok["vs torch.compile"] == pytest.approx(2.0, rel=1e-5)
+    assert tok["memory vs torch"] == pytest.approx(64.0) and tok["memory vs torch.compile"] == pytest.approx(32.0)
+    assert (tok.rate_unit, tok.softlight_rate) == ("GB/s", pytest.approx(2000.0))
+    lin = h.loc[("linear_cross_entropy", "forward+backward", "bfloat16")]
+    assert (lin.rate_unit, lin.softlight_rate) == ("TFLOP/s", pytest.approx(400.0))
+    assert lin["vs torch"] == pytest.approx(0.8, rel=1e-5) and lin["vs liger"] == pytest.approx(1.6, rel=1e-5)
+    # Memory over the three shapes torch ran; liger's 0.5 twice and 2 twice average to 1.
+    assert lin["memory vs torch"] == pytest.approx(12.0) and lin["memory vs liger"] == pytest.approx(1.0)
+    assert lin.softlight_peak_max == 16384 * 262144  # one byte per logit at the largest shape
+    assert (lin.best, lin.best_wins, lin.shapes) == ("torch", 3, 4)  # torch.compile where torch ran out of memory
+    # The row-op headline has token_logprobs but never the linear op (no bytes, no ceiling).
+    assert set(summary.headline(table.read(LEAN)).op) == {"token_logprobs"}
+
+
+def test_lean_losses_and_peer_failures_are_stated():
+    df = table.read(LEAN)
+    lines = summary.lean_losses(df)
+    assert any(line.startswith("linear_cross_entropy forward+backward bfloat16: softlight is slower than torch on "
+                               "3 of 3 shapes") for line in lines)
+    assert any(line.startswith("linear_cross_entropy forward+backward bfloat16: softlight needs more peak memory than "
+                               "liger on 2 of 4 shapes (worst at 4096x32000x4096, where liger needs 0.50x softlight's")
+               for line in lines)
+    assert not any("token_logprobs" in line for line in lines)  # softlight wins it everywhere
+    failed = summary.peers_not_timed(df)
+    assert any(line.startswith("linear_cross_entropy forward+backward bfloat16: torch is error on 16384x262144x4096, "
+                               "where softlight was timed (OutOfMemoryError") for line in failed)
+
+
+def test_report_has_a_memory_lean_section(rendered_lean):
+    folder, page = rendered_lean
+    lean = page[page.index("## Memory-lean losses"):]
+    assert ("| linear_cross_entropy | forward+backward | bfloat16 | torch (3 of 4 shapes) | 400.0 TFLOP/s | 4.00 GiB | "
+            "0.80x | 0.89x | 1.60x | 12.00x | 8.00x | 1.00x |") in lean
+    assert "| token_logprobs | forward | bfloat16 | softlight (3 of 3 shapes) | 2000.0 GB/s |" in lean
+    assert "| 16384x262144x4096 | 400.0 | 88 ms, 1.00 GiB | error | 78.2 ms, 16.00 GiB | 141 ms, 2.00 GiB |" in lean
+    assert "where liger needs 0.50x softlight's" in lean and "torch is error on 16384x262144x4096" in lean
+    # No percent of the copy ceiling, nor GB/s, anywhere for the linear op.
+    assert not [line for line in page.splitlines() if "linear_cross_entropy" in line and ("%" in line or "GB/s" in line)]
+    summary_table = page[page.index("## Summary"):page.index("## Where softlight loses")]
+    assert "linear_cross_entropy" not in summary_table and "| token_logprobs | forward | bfloat16 |" in summary_table
+    names = {p.name for p in (folder / "plots").iterdir()}
+    for kind in ("memory", "time", "speedup"):
+        assert f"{kind}-linear_cross_entropy-h4096-bfloat16.png" in names and f"{kind}-token_logprobs-bfloat16.png" in names
+    assert not [n for n in names if n.startswith("gbps-linear")]
+    assert "gbps-token_logprobs-forward-bfloat16.png" in names
+    for link in [line for line in page.splitlines() if line.startswith("![")]:
+        assert (folder / link[link.index("](") + 2:-1]).is_file(), link
+
+
+def test_a_table_without_the_lean_ops_has_no_such_section(rendered):
+    _, folder = rendered
+    page = (folder / "README.md").read_text()
+    assert "Memory-lean" not in page and "TFLOP/s" not in page
+
+
+def test_a_table_of_only_the_linear_op_renders(tmp_path):
+    df = table.read(LEAN)
+    folder = report.render(df[df.op == "linear_cross_entropy"], tmp_path)
+    page = (folder / "README.md").read_text()
+    assert "No row op" in page and "## Memory-lean losses" in page
+    assert "Nothing in this table was timed" not in page
