@@ -277,7 +277,8 @@ def render(df: pd.DataFrame, out_root, source=None) -> Path:
 
 
 def write_index(out_root) -> Path:
-    """reports/README.md: the compile report (if present) and every device folder with a table."""
+    """reports/README.md: the compile report (if present), the stability pages, the examples'
+    figures and every device folder with a table."""
     root = Path(out_root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -289,6 +290,10 @@ def write_index(out_root) -> Path:
         rows.append([f"[`{folder.name}/{STABILITY_PAGE}`]({folder.name}/{STABILITY_PAGE})",
                      "numerical stability: the adversarial catalogue in ulps against exact answers, softlight beside "
                      "torch and the naive and stable formulas", "`softlight stability` (part of `make bench`)"])
+    for figure in sorted(root.glob("examples/*.png")):
+        script = f"examples/{figure.stem}.py"
+        rows.append([f"[`examples/{figure.name}`](examples/{figure.name})", f"the figure of `{script}`",
+                     f"`python {script}`"])
     for folder in devices:
         df = table.read(folder / RESULTS_NAME)
         runs = table.runs(df)

@@ -191,3 +191,16 @@ def test_a_table_of_only_the_linear_op_renders(tmp_path):
     page = (folder / "README.md").read_text()
     assert "No row op" in page and "## Memory-lean losses" in page
     assert "Nothing in this table was timed" not in page
+
+
+def test_index_lists_stability_pages_and_example_figures(tmp_path):
+    from softlight.bench import report
+
+    (tmp_path / "interpreter").mkdir()
+    (tmp_path / "interpreter" / "stability.md").write_text("# page\n")
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "softmax_regression.png").write_bytes(b"not really a png")
+    text = report.write_index(tmp_path).read_text()
+    assert "[`interpreter/stability.md`](interpreter/stability.md)" in text
+    assert "`python examples/softmax_regression.py`" in text
+    assert "No benchmark has been run on a GPU yet" in text
