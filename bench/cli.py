@@ -18,7 +18,6 @@ and writes the stability study to reports/interpreter/ (correctness does not dep
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 from softlight.bench.spec import DIRECTIONS, LINEAR_OPS, OPS, UsageError, dtype_name, is_linear, parse_shape
@@ -308,9 +307,6 @@ def main(argv=None) -> int:
     args = top.parse_args(argv)
     if args.needs_kernels:
         _ensure_runnable_kernels(argv)
-        # The interpreter evaluates masked-off lanes too (inf - inf there); NumPy's warnings about
-        # them say nothing about the results, which the check compares with the reference.
-        warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")
     try:
         return args.run(args)
     except (UsageError, FileNotFoundError) as exc:

@@ -462,7 +462,8 @@ def _check_targets(target, n_classes, ignore_index):
     costs nothing (CPU tensors); on a GPU it would synchronise, and such rows give NaN instead."""
     bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
     if bool(bad.any()):
-        raise IndexError(f"Target {int(target[bad].flatten()[0])} is out of bounds.")
+        raise IndexError(f"softlight.cross_entropy: target {int(target[bad].flatten()[0])} is out of bounds for "
+                         f"{n_classes} classes (ignore_index={ignore_index})")
 
 
 def _forward_op(input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap,

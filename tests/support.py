@@ -28,3 +28,14 @@ def rounded(ref, dtype: torch.dtype) -> np.ndarray:
     """The float64 reference rounded to `dtype`: the best answer that dtype can hold (a value
     below its range becomes 0, where a relative error against the unrounded one would be 1)."""
     return torch.from_numpy(np.asarray(ref, dtype=np.float64)).to(dtype).double().numpy()
+
+
+def split_options(combo: dict, input_keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """A test's option combination split into what shapes the inputs (`input_keys`) and what is
+    passed to the op."""
+    make = {k: combo[k] for k in input_keys if k in combo}
+    return make, {k: v for k, v in combo.items() if k not in make}
+
+
+def combo_id(combo: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in combo.items()) or "plain"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import softlight
 from softlight import launch
 from softlight import reference as ref
-from support import DTYPES, assert_close, rounded, to_numpy
+from support import DTYPES, assert_close, combo_id, rounded, split_options, to_numpy
 from test_reference_cross_entropy import torch_cross_entropy
 
 LOSS_TOLERANCE = 1e-5  # the loss is fp32 and within this of float64, whatever the logits dtype
@@ -65,16 +65,14 @@ COMBINATIONS = [
 ]
 
 
-def split_options(combo):
-    make = {k: combo[k] for k in ("soft", "ignore_every", "weight") if k in combo}
-    opts = {k: v for k, v in combo.items() if k not in make}
-    return make, opts
+# Options that shape the inputs rather than being passed to the op.
+INPUT_OPTIONS = ("soft", "ignore_every", "weight")
 
 
-@pytest.mark.parametrize("combo", COMBINATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=combo_id)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_options_against_reference(combo, dtype, device):
-    make, opts = split_options(combo)
+    make, opts = split_options(combo, INPUT_OPTIONS)
     x, target, w = make_inputs((16, 1000), dtype, device, **make)
     check_against_reference(x, target, w, **opts)
 
@@ -95,7 +93,7 @@ def test_split_rows(combo, monkeypatch, device):
     n_classes = 50257
     cfg = launch.launch_config(n_classes, stream=True)
     assert launch.split_count(3, n_classes, cfg.block, torch.device(device)) > 1
-    make, opts = split_options(combo)
+    make, opts = split_options(combo, INPUT_OPTIONS)
     x, target, w = make_inputs((3, n_classes), torch.bfloat16, device, **make)
     check_against_reference(x, target, w, **opts)
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import softlight
 from softlight import reference as ref
-from support import DTYPES, assert_close, to_numpy
+from support import DTYPES, assert_close, combo_id, split_options, to_numpy
 
 LOSS_TOLERANCE = 1e-5  # the loss is fp32 and within this of float64, whatever the dtype
 
@@ -70,16 +70,14 @@ COMBINATIONS = [
 ]
 
 
-def split_options(combo):
-    make = {k: combo[k] for k in ("ignore_every", "class_weight", "bias") if k in combo}
-    opts = {k: v for k, v in combo.items() if k not in make}
-    return make, opts
+# Options that shape the inputs rather than being passed to the op.
+INPUT_OPTIONS = ("ignore_every", "class_weight", "bias")
 
 
-@pytest.mark.parametrize("combo", COMBINATIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=combo_id)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_options_against_reference(combo, dtype, device):
-    make, opts = split_options(combo)
+    make, opts = split_options(combo, INPUT_OPTIONS)
     hidden, weight, b, target, cw = make_inputs(24, 32, 389, dtype, device, **make)
     # chunks of 10 rows: two full ones and a short one.
     check_against_reference(hidden, weight, b, target, class_weight=cw, chunk_size=10, **opts)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from softlight import reference as ref
+from support import combo_id
 
 
 def torch_cross_entropy(x, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0,
@@ -64,7 +65,7 @@ def make_case(shape, soft, opts, rng=np.random.default_rng()):
     return x, target, opts
 
 
-@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("opts", OPTIONS, ids=combo_id)
 @pytest.mark.parametrize("soft", [False, True], ids=["index", "probabilities"])
 @pytest.mark.parametrize("shape", [(5, 7), (7,), (3, 6, 2, 2)])
 def test_reference_matches_torch(shape, soft, opts):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from softlight import reference as ref
+from support import combo_id
 from test_reference_cross_entropy import torch_cross_entropy
 
 rng = np.random.default_rng()
@@ -23,7 +24,7 @@ LINEAR_OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("opts", LINEAR_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "plain")
+@pytest.mark.parametrize("opts", LINEAR_OPTIONS, ids=combo_id)
 @pytest.mark.parametrize("lead", [(6,), (2, 3)])
 def test_linear_cross_entropy_reference_matches_torch(lead, opts):
     opts = dict(opts)
