@@ -24,10 +24,20 @@ from softlight.bench.spec import bytes_moved, matmul_flops
 MODULE = "softlight_test_measure_providers"
 
 
+def importable_module(folder, name, source):
+    """Write `source` as module `name` in `folder`, yield it imported, then forget it."""
+    (folder / f"{name}.py").write_text(textwrap.dedent(source))
+    sys.path.insert(0, str(folder))
+    try:
+        yield __import__(name)
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(name, None)
+
+
 @pytest.fixture(scope="module")
 def user_providers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("providers")
-    (folder / f"{MODULE}.py").write_text(textwrap.dedent("""
+    yield from importable_module(tmp_path_factory.mktemp("providers"), MODULE, """
         import torch
         from softlight.bench.providers import Impl
 
@@ -54,13 +64,7 @@ def user_providers(tmp_path_factory):
             if op == "softmax":
                 return Impl(lambda x: torch.softmax(x, -1), directions=("forward",), note="no backward of its own")
             return None
-    """))
-    sys.path.insert(0, str(folder))
-    try:
-        yield __import__(MODULE)
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(MODULE, None)
+    """)
 
 
 @pytest.fixture(scope="module")
@@ -237,8 +241,7 @@ LEAN_MODULE = "softlight_test_measure_lean_providers"
 
 @pytest.fixture(scope="module")
 def lean_providers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lean_providers")
-    (folder / f"{LEAN_MODULE}.py").write_text(textwrap.dedent("""
+    yield from importable_module(tmp_path_factory.mktemp("lean_providers"), LEAN_MODULE, """
         import torch
         import torch.nn.functional as F
 
@@ -273,13 +276,7 @@ def lean_providers(tmp_path_factory):
             if op == "linear_cross_entropy":
                 return lambda h, w, t: F.cross_entropy(F.linear(Nudged.apply(h), w).float(), t)
             return None
-    """))
-    sys.path.insert(0, str(folder))
-    try:
-        yield __import__(LEAN_MODULE)
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop(LEAN_MODULE, None)
+    """)
 
 
 LEAN_CASES = [Case("token_logprobs", "float32", 3, 64), Case("linear_cross_entropy", "float32", 5, 40, 8),
