@@ -140,8 +140,12 @@ def _cross_entropy_launches(launches):
                     try:
                         with recording(fused_cross_entropy, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols, {name}"):
                             options = ("mean", -100, smoothing, 1.0)
-                            loss, *stats = fused_cross_entropy._forward_op(x, target, weight, *options, 1e-4, softcap, "nan")
-                            fused_cross_entropy._backward_op(torch.ones_like(loss), x, target, weight, *stats, *options, softcap)
+                            loss, lse, *stats = fused_cross_entropy._forward_op(x, target, weight, *options, 1e-4,
+                                                                                 softcap, "nan")
+                            # A gradient flowing into the returned LSE (return_lse) is a variant of its own.
+                            for lse_grad in (None, torch.ones_like(lse)) if name == "index" else (None,):
+                                fused_cross_entropy._backward_op(torch.ones_like(loss), lse_grad, x, target, weight,
+                                                                 *stats, *options, softcap, "nan")
                     finally:
                         launch_module.TARGET_PROGRAMS = saved
 

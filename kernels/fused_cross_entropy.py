@@ -98,7 +98,7 @@ def _class_weights(cols, mask, q_rows, q_stride_col, weight_ptr, smoothing, n_co
 
 @triton.jit
 def _finish_rows(rows, live, m, n, r, S, U, x_rows, x_stride_col, target_rows, weight_ptr,
-                 loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+                 loss_ptr, lse_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
                  n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
                  SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
                  SMOOTH: tl.constexpr, PRECISE: tl.constexpr, ACC: tl.constexpr):
@@ -141,6 +141,7 @@ def _finish_rows(rows, live, m, n, r, S, U, x_rows, x_stride_col, target_rows, w
     loss = tl.where(kept, tl.where(valid, loss, float("nan")), 0.0)
     k_rest = tl.where(kept, tl.where(valid, k_rest, float("nan")), 0.0)
     tl.store(loss_ptr + rows, loss, mask=live)
+    tl.store(lse_ptr + rows, lse, mask=live)
     tl.store(row_max_ptr + rows, m, mask=live)
     tl.store(norm_ptr + rows, d, mask=live)
     tl.store(k_rest_ptr + rows, k_rest, mask=live)
@@ -153,7 +154,7 @@ def cross_entropy_forward_kernel(
     x_ptr, x_stride_outer, x_stride_inner, x_stride_col,
     target_ptr, target_stride_outer, target_stride_inner, target_stride_col,
     weight_ptr, partial_ptr,
-    loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+    loss_ptr, lse_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
     n_rows, n_cols, n_inner, cols_per_split,
     ignore_index, inv_temperature, softcap, z_loss, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
@@ -204,7 +205,7 @@ def cross_entropy_forward_kernel(
         tl.store(partial + 4, U, mask=live)
     else:
         _finish_rows(rows, live, m, n, r, S, U, x_rows, x_stride_col, target_rows, weight_ptr,
-                     loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+                     loss_ptr, lse_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
                      n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
                      SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
 
@@ -214,7 +215,7 @@ def cross_entropy_combine_kernel(
     x_ptr, x_stride_outer, x_stride_inner, x_stride_col,
     target_ptr, target_stride_outer, target_stride_inner,
     weight_ptr, partial_ptr,
-    loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+    loss_ptr, lse_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
     n_rows, n_cols, n_inner, n_splits,
     ignore_index, inv_temperature, softcap, z_loss, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
@@ -243,7 +244,7 @@ def cross_entropy_combine_kernel(
     x_rows = x_ptr + row_offset(rows, n_inner, x_stride_outer, x_stride_inner)
     target_rows = target_ptr + row_offset(rows, n_inner, target_stride_outer, target_stride_inner)
     _finish_rows(rows, live, m, n, r, S, U, x_rows, x_stride_col, target_rows, weight_ptr,
-                 loss_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
+                 loss_ptr, lse_ptr, row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr, denom_ptr,
                  n_cols, ignore_index, inv_temperature, softcap, z_loss, smoothing,
                  SOFT_TARGET, HAS_WEIGHT, HAS_SOFTCAP, SMOOTH, PRECISE, ACC)
 
@@ -254,12 +255,14 @@ def cross_entropy_backward_kernel(
     target_ptr, target_stride_outer, target_stride_inner, target_stride_col,
     weight_ptr,
     grad_ptr, grad_stride_outer, grad_stride_inner,
+    lse_grad_ptr, lse_grad_stride_outer, lse_grad_stride_inner,
     dx_ptr, dx_stride_outer, dx_stride_inner, dx_stride_col,
     row_max_ptr, norm_ptr, k_rest_ptr, pt_minus_1_ptr,
     n_rows, n_cols, n_inner, cols_per_split,
     ignore_index, inv_temperature, softcap, smoothing,
     SOFT_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr,
+    SMOOTH: tl.constexpr, PRECISE: tl.constexpr, LSE_GRAD: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     split = tl.program_id(1)
@@ -271,9 +274,10 @@ def cross_entropy_backward_kernel(
     m = tl.load(row_max_ptr + rows, mask=live, other=0.0)[:, None]
     inv_norm = (1.0 / tl.load(norm_ptr + rows, mask=live, other=1.0))[:, None]
     k_rest = tl.load(k_rest_ptr + rows, mask=live, other=0.0)[:, None]
-    scale = (g * inv_temperature)[:, None]
     if not SOFT_TARGET:
         t = tl.load(target_rows, mask=live, other=0).to(tl.int64)
+        # An ignored row's loss is the constant 0: its gradient is 0 whatever g is (torch's too).
+        g = tl.where(t != ignore_index, g, 0.0)
         kept = (t != ignore_index) & (t >= 0) & (t < n_cols)
         if HAS_WEIGHT:
             w_t = tl.load(weight_ptr + tl.where(kept, t, 0), mask=live, other=0.0).to(ACC)
@@ -284,6 +288,11 @@ def cross_entropy_backward_kernel(
         # The target's own term, (1 - eps) w_t (p_t - 1), as forward computed it.
         target_term = target_weight * tl.load(pt_minus_1_ptr + rows, mask=live, other=0.0)[:, None]
         t = t[:, None]
+    scale = (g * inv_temperature)[:, None]
+    if LSE_GRAD:
+        # A gradient h flowing into the row's LSE adds h p_c (d LSE / d z_c = p_c), ignored or not.
+        lse_grad_rows = lse_grad_ptr + row_offset(rows, n_inner, lse_grad_stride_outer, lse_grad_stride_inner)
+        lse_scale = (tl.load(lse_grad_rows, mask=live, other=0.0).to(ACC) * inv_temperature)[:, None]
 
     col_start = split * cols_per_split
     col_end = tl.minimum(col_start + cols_per_split, n_cols)
@@ -304,9 +313,12 @@ def cross_entropy_backward_kernel(
                                                       smoothing, n_cols, SOFT_TARGET, HAS_WEIGHT, ACC)
             # p_c (1 - eps) w_t everywhere but at the target, which takes (1 - eps) w_t (p_t - 1).
             grad += tl.where(cols == t, target_term, p * target_weight)
+        grad = grad * scale
+        if LSE_GRAD:
+            grad += p * lse_scale
         if HAS_SOFTCAP:
             grad = grad * (1.0 - (y / softcap) * (y / softcap))
-        tl.store(dx_rows + cols.to(tl.int64) * dx_stride_col, (grad * scale).to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_rows + cols.to(tl.int64) * dx_stride_col, grad.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _row_views(x, per_row: dict, per_class: dict):
@@ -350,12 +362,13 @@ class CrossEntropyOptions:
 
 class RowStats(NamedTuple):
     """What forward leaves per row (fp32; fp64 for fp64 logits), shaped like the logits without
-    the class dim: the loss; for backward the row max m, the normaliser d = sum_c exp((y_c - m)/T)
+    the class dim: the loss and the LSE of z; for backward the row max m, the normaliser d = sum_c exp((y_c - m)/T)
     (softmax = exp((y - m)/T) / d, and LSE = m/T + log d), the gradient coefficient k less the
     target's own (1 - eps) w_t, and p_t - 1 for a class index; and denom, what the row adds to
     the denominator of a mean."""
 
     loss: torch.Tensor
+    lse: torch.Tensor
     row_max: torch.Tensor
     norm: torch.Tensor
     k_rest: torch.Tensor
@@ -408,11 +421,15 @@ def forward_rows(x, target, weight, opts: CrossEntropyOptions, launch=True) -> R
     return stats
 
 
-def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats, grad_rows, out, launch=True):
+def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats, grad_rows, out, lse_grad=None,
+                  launch=True):
     """Write d loss / d x into `out` (shaped like x; it may be x itself), given the incoming
-    gradient of each row's loss (`grad_rows`, shaped like the rows; broadcast views welcome)."""
+    gradient of each row's loss (`grad_rows`, shaped like the rows; broadcast views welcome) and,
+    when not None, of each row's LSE (`lse_grad`, shaped the same)."""
     soft = target.is_floating_point()
     per_row = {"grad": grad_rows} if soft else {"grad": grad_rows, "target": target}
+    if lse_grad is not None:
+        per_row["lse_grad"] = lse_grad
     per_class = {"target": target, "dx": out} if soft else {"dx": out}
     layout, xs, tensors, strides = _row_views(x, per_row, per_class)
     n_cols = x.shape[1]
@@ -422,11 +439,13 @@ def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats,
             xs, *strides["x"], tensors["target"], *strides["target"],
             weight if weight is not None else stats.row_max,  # not read without HAS_WEIGHT
             tensors["grad"], *strides["grad"][:2],
+            *((tensors["lse_grad"], *strides["lse_grad"][:2]) if lse_grad is not None else (stats.row_max, 0, 0)),
             tensors["dx"], *strides["dx"],
             stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1,
             layout.n_rows, n_cols, layout.n_inner, cols_per_split,
             opts.ignore_index, opts.inv_temperature, opts.softcap or 1.0, opts.label_smoothing,
-            **_flags(x, target, weight, opts), ROWS=cfg.rows, BLOCK=cfg.block, num_warps=cfg.num_warps,
+            **_flags(x, target, weight, opts), LSE_GRAD=lse_grad is not None, ROWS=cfg.rows, BLOCK=cfg.block,
+            num_warps=cfg.num_warps,
         )
     if tensors["dx"] is not out:  # the strides forced a contiguous copy
         out.copy_(tensors["dx"])
@@ -434,26 +453,34 @@ def backward_rows(x, target, weight, opts: CrossEntropyOptions, stats: RowStats,
 
 def reduce_rows(stats: RowStats, reduction: str, row_shape, all_ignored: str = "nan"):
     """The loss as `reduction` says, and the denominator of a mean: the summed weights of the
-    rows kept (their count without weights). A mean over no kept row is 0/0: NaN as in torch,
-    or 0 with all_ignored="zero"."""
+    rows kept (their count without weights)."""
     total = stats.denom.sum()
+    return reduce(stats.loss, reduction, total, row_shape, all_ignored), total
+
+
+def reduce(rows, reduction, total, row_shape, all_ignored="nan"):
+    """Per-row values reduced as `reduction` says, a mean dividing by `total`. A mean whose
+    denominator is 0 (every target ignored, or every kept target's class weight 0) is NaN, as
+    torch's 0/0 (even when smoothing made the sum positive), or 0 with all_ignored="zero"."""
     if reduction == "none":
-        return stats.loss.reshape(row_shape), total
+        return rows.reshape(row_shape)
     if reduction == "sum":
-        return stats.loss.sum(), total
-    loss = stats.loss.sum() / total
-    if all_ignored == "zero":
-        loss = torch.where(total != 0, loss, torch.zeros_like(loss))
-    return loss, total
+        return rows.sum()
+    if not isinstance(total, torch.Tensor):  # a number the caller gave (num_items), > 0
+        return rows.sum() / total
+    fallback = 0.0 if all_ignored == "zero" else float("nan")
+    return torch.where(total != 0, rows.sum() / total, fallback)
 
 
-def rows_gradient(grad_loss, reduction, total, row_shape):
-    """The incoming gradient of each row's loss, from the gradient of the reduced loss."""
+def rows_gradient(grad_loss, reduction, total, row_shape, all_ignored="nan"):
+    """The incoming gradient of each row's loss, from the gradient of the reduced loss. For a
+    mean whose denominator is 0 it is NaN, as torch's (d(0/0)); the kernels still give ignored
+    rows 0, so a batch with every target ignored has zero gradient, as in torch."""
     if reduction == "none":
         return grad_loss.reshape(row_shape)
     if reduction == "mean":
-        # No row kept (total 0): every row's gradient is 0, as torch's, not 0 * inf.
-        grad_loss = torch.where(total != 0, grad_loss / total, torch.zeros_like(grad_loss))
+        fallback = 0.0 if all_ignored == "zero" else float("nan")
+        grad_loss = torch.where(total != 0, grad_loss / total, fallback)
     return grad_loss.expand(row_shape)
 
 
@@ -466,6 +493,10 @@ def _check_targets(target, n_classes, ignore_index):
                          f"{n_classes} classes (ignore_index={ignore_index})")
 
 
+def _row_shape(input):
+    return input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size()
+
+
 def _forward_op(input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap,
                 all_ignored, launch=True):
     if launch and not target.is_floating_point() and input.device.type == "cpu":
@@ -473,18 +504,21 @@ def _forward_op(input, target, weight, reduction, ignore_index, label_smoothing,
     opts = CrossEntropyOptions(ignore_index, label_smoothing, inv_temperature, z_loss, softcap)
     x, target_rows = _as_rows(input, target)
     stats = forward_rows(x, target_rows, weight, opts, launch)
-    loss, total = reduce_rows(stats, reduction, input.shape[:1] + input.shape[2:] if input.dim() > 1 else (), all_ignored)
-    return loss, stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1, total
+    loss, total = reduce_rows(stats, reduction, _row_shape(input), all_ignored)
+    lse = stats.lse.reshape(_row_shape(input))
+    return loss, lse, stats.row_max, stats.norm, stats.k_rest, stats.pt_minus_1, total
 
 
-def _backward_op(grad_loss, input, target, weight, row_max, norm, k_rest, pt_minus_1, total, reduction, ignore_index,
-                 label_smoothing, inv_temperature, softcap, launch=True):
+def _backward_op(grad_loss, grad_lse, input, target, weight, row_max, norm, k_rest, pt_minus_1, total, reduction,
+                 ignore_index, label_smoothing, inv_temperature, softcap, all_ignored, launch=True):
     opts = CrossEntropyOptions(ignore_index, label_smoothing, inv_temperature, 0.0, softcap)
     x, target_rows = _as_rows(input, target)
-    grad_rows = rows_gradient(grad_loss, reduction, total, x.shape[:1] + x.shape[2:])
+    row_shape = x.shape[:1] + x.shape[2:]
+    grad_rows = rows_gradient(grad_loss, reduction, total, row_shape, all_ignored)
+    lse_grad = None if grad_lse is None else grad_lse.reshape(row_shape)
     dx = torch.empty_like(x)
-    backward_rows(x, target_rows, weight, opts, RowStats(None, row_max, norm, k_rest, pt_minus_1, None), grad_rows, dx,
-                  launch)
+    backward_rows(x, target_rows, weight, opts, RowStats(None, None, row_max, norm, k_rest, pt_minus_1, None),
+                  grad_rows, dx, lse_grad, launch)
     return dx.reshape(input.shape)
 
 
@@ -492,62 +526,72 @@ def _backward_op(grad_loss, input, target, weight, row_max, norm, k_rest, pt_min
 def cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, reduction: str,
                      ignore_index: int, label_smoothing: float, inv_temperature: float, z_loss: float,
                      softcap: float | None, all_ignored: str
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, row max, normaliser, k_rest, p_t - 1, denominator of a mean): the loss and what
-    backward needs (RowStats)."""
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                torch.Tensor]:
+    """(loss, LSE per row, row max, normaliser, k_rest, p_t - 1, denominator of a mean): the loss,
+    the LSE of each row's z, and what backward needs (RowStats)."""
     return _forward_op(input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap,
                        all_ignored)
 
 
 @register_op("cross_entropy_backward", fake=lambda *args: _backward_op(*args, launch=False))
-def cross_entropy_backward_op(grad_loss: torch.Tensor, input: torch.Tensor, target: torch.Tensor,
-                              weight: torch.Tensor | None, row_max: torch.Tensor, norm: torch.Tensor,
-                              k_rest: torch.Tensor, pt_minus_1: torch.Tensor, total: torch.Tensor, reduction: str,
-                              ignore_index: int, label_smoothing: float, inv_temperature: float,
-                              softcap: float | None) -> torch.Tensor:
-    return _backward_op(grad_loss, input, target, weight, row_max, norm, k_rest, pt_minus_1, total, reduction,
-                        ignore_index, label_smoothing, inv_temperature, softcap)
+def cross_entropy_backward_op(grad_loss: torch.Tensor, grad_lse: torch.Tensor | None, input: torch.Tensor,
+                              target: torch.Tensor, weight: torch.Tensor | None, row_max: torch.Tensor,
+                              norm: torch.Tensor, k_rest: torch.Tensor, pt_minus_1: torch.Tensor, total: torch.Tensor,
+                              reduction: str, ignore_index: int, label_smoothing: float, inv_temperature: float,
+                              softcap: float | None, all_ignored: str) -> torch.Tensor:
+    return _backward_op(grad_loss, grad_lse, input, target, weight, row_max, norm, k_rest, pt_minus_1, total, reduction,
+                        ignore_index, label_smoothing, inv_temperature, softcap, all_ignored)
 
 
 def _setup_context(ctx, inputs, output):
-    input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap, _ = inputs
+    input, target, weight, reduction, ignore_index, label_smoothing, inv_temperature, z_loss, softcap, all_ignored = inputs
     ctx.save_for_backward(input, target, weight, *output[1:])
-    ctx.reduction = reduction
+    ctx.reduction, ctx.all_ignored, ctx.loss_shape = reduction, all_ignored, output[0].shape
     ctx.opts = CrossEntropyOptions(ignore_index, label_smoothing, inv_temperature, z_loss, softcap)
+    # An output that nothing downstream uses brings None, not zeros: no LSE term unless asked.
+    ctx.set_materialize_grads(False)
 
 
-def _unpack(ctx, grad_loss):
+def _unpack(ctx, grad_loss, grad_lse):
     """What both backward paths start from: the saved tensors, the logits as rows, each row's
-    incoming gradient, and the gradient of probability targets (None unless they need one).
-    Unpacking checks the saved tensors' versions: after an in-place backward the logits hold
-    their gradient, and a second backward (retain_graph) fails here."""
-    input, target, weight, row_max, norm, k_rest, pt_minus_1, total = ctx.saved_tensors
+    incoming gradients (of its loss and of its LSE, the latter None when nothing flows into it),
+    and the gradient of probability targets (None unless they need one). Unpacking checks the
+    saved tensors' versions: after an in-place backward the logits hold their gradient, and a
+    second backward (retain_graph) fails here."""
+    input, target, weight, lse, row_max, norm, k_rest, pt_minus_1, total = ctx.saved_tensors
     x, target_rows = _as_rows(input, target)
-    stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
-    grad_rows = rows_gradient(grad_loss, ctx.reduction, total, x.shape[:1] + x.shape[2:])
+    row_shape = x.shape[:1] + x.shape[2:]
+    stats = RowStats(None, lse, row_max, norm, k_rest, pt_minus_1, None)
+    if grad_loss is None:
+        grad_loss = torch.zeros(ctx.loss_shape, dtype=row_max.dtype, device=row_max.device)
+    grad_rows = rows_gradient(grad_loss, ctx.reduction, total, row_shape, ctx.all_ignored)
+    lse_grad = None if grad_lse is None else grad_lse.reshape(row_shape)
     grad_target = None
     if target.is_floating_point() and ctx.needs_input_grad[1]:
         grad_target = _soft_target_grad(x, weight, stats, grad_rows, ctx.opts).to(target.dtype).reshape(target.shape)
-    return input, target, weight, stats, total, x, target_rows, grad_rows, grad_target
+    return input, target, weight, stats, total, x, target_rows, grad_loss, grad_rows, lse_grad, grad_target
 
 
-def _autograd_backward(ctx, grad_loss, *_):
-    input, target, weight, stats, total, x, target_rows, grad_rows, grad_target = _unpack(ctx, grad_loss)
+def _autograd_backward(ctx, grad_loss, grad_lse, *_):
+    input, target, weight, stats, total, x, target_rows, grad_loss, grad_rows, lse_grad, grad_target = _unpack(
+        ctx, grad_loss, grad_lse)
     o = ctx.opts
     if torch.is_grad_enabled():
-        dx = _differentiable_gradient(x, target_rows, weight, o, grad_rows).reshape(input.shape)
+        dx = _differentiable_gradient(x, target_rows, weight, o, grad_rows, lse_grad).reshape(input.shape)
     else:
-        dx = cross_entropy_backward_op(grad_loss, input, target, weight, stats.row_max, stats.norm, stats.k_rest,
-                                       stats.pt_minus_1, total, ctx.reduction, o.ignore_index, o.label_smoothing,
-                                       o.inv_temperature, o.softcap)
+        dx = cross_entropy_backward_op(grad_loss, grad_lse, input, target, weight, stats.row_max, stats.norm,
+                                       stats.k_rest, stats.pt_minus_1, total, ctx.reduction, o.ignore_index,
+                                       o.label_smoothing, o.inv_temperature, o.softcap, ctx.all_ignored)
     return dx, grad_target, None, None, None, None, None, None, None, None
 
 
 cross_entropy_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def _differentiable_gradient(x, target, weight, o, grad_rows):
-    """The gradient in torch ops, for create_graph=True (double backward): g (p k - u) dz/dx."""
+def _differentiable_gradient(x, target, weight, o, grad_rows, lse_grad=None):
+    """The gradient in torch ops, for create_graph=True (double backward):
+    (g (p k - u) + h p) dz/dx, with h the gradient flowing into the row's LSE."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xx = x.to(acc)
     y = xx if o.softcap is None else o.softcap * torch.tanh(xx / o.softcap)
@@ -565,10 +609,14 @@ def _differentiable_gradient(x, target, weight, o, grad_rows):
         onehot = torch.nn.functional.one_hot(torch.where(kept.squeeze(1), target, 0), n_classes).movedim(-1, 1).to(acc)
         u = (w * ((1 - o.label_smoothing) * onehot + o.label_smoothing / n_classes)) * kept
     k = u.sum(1, keepdim=True) + torch.where(kept, 2 * o.z_loss * lse, 0.0)
-    grad = (p * k - u) * o.inv_temperature
+    g = torch.where(kept, grad_rows.unsqueeze(1).to(acc), 0.0)  # an ignored row's gradient is 0, whatever g is
+    grad = g * (p * k - u)
+    if lse_grad is not None:
+        grad = grad + lse_grad.unsqueeze(1).to(acc) * p
+    grad = grad * o.inv_temperature
     if o.softcap is not None:
         grad = grad * (1 - (y / o.softcap) ** 2)
-    return (grad_rows.unsqueeze(1).to(acc) * grad).to(x.dtype)
+    return grad.to(x.dtype)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
@@ -580,13 +628,16 @@ class CrossEntropyFunction(torch.autograd.Function):
         loss, *stats = _forward_op(input, target, weight, reduction, opts.ignore_index, opts.label_smoothing,
                                    opts.inv_temperature, opts.z_loss, opts.softcap, all_ignored)
         ctx.save_for_backward(input, target, weight, *stats)
-        ctx.reduction, ctx.opts = reduction, opts
-        return loss
+        ctx.reduction, ctx.opts, ctx.all_ignored, ctx.loss_shape = reduction, opts, all_ignored, loss.shape
+        ctx.mark_non_differentiable(stats[-1])
+        ctx.set_materialize_grads(False)
+        return loss, stats[0], stats[-1]
 
     @staticmethod
-    def backward(ctx, grad_loss):
-        input, target, weight, stats, _, x, target_rows, grad_rows, grad_target = _unpack(ctx, grad_loss)
-        backward_rows(x, target_rows, weight, ctx.opts, stats, grad_rows, x)
+    def backward(ctx, grad_loss, grad_lse, _):
+        input, target, weight, stats, _, x, target_rows, _, grad_rows, lse_grad, grad_target = _unpack(
+            ctx, grad_loss, grad_lse)
+        backward_rows(x, target_rows, weight, ctx.opts, stats, grad_rows, x, lse_grad)
         # The logits now hold their gradient: any other use of them in the graph must fail
         # loudly (saved-tensor version check), never read the gradient as logits.
         torch.autograd.graph.increment_version(input)
@@ -598,7 +649,7 @@ def _soft_target_grad(x, weight, stats, grad_rows, opts):
     y = x.to(stats.row_max.dtype)
     if opts.softcap is not None:
         y = opts.softcap * torch.tanh(y / opts.softcap)
-    lse = stats.row_max.unsqueeze(1) * opts.inv_temperature + stats.norm.log().unsqueeze(1)
+    lse = stats.lse.unsqueeze(1)
     w = 1.0 if weight is None else weight.to(y.dtype).reshape([-1 if i == 1 else 1 for i in range(x.dim())])
     return grad_rows.unsqueeze(1).to(y.dtype) * (1.0 - opts.label_smoothing) * w * (lse - y * opts.inv_temperature)
 
@@ -616,7 +667,8 @@ def _check_number(fn, name, value, low, low_inclusive=True, allow_none=False):
 
 
 def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-                  temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False, all_ignored="nan"):
+                  temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False, all_ignored="nan",
+                  return_lse=False, return_z_loss=False):
     """Cross-entropy between logits and targets, like torch.nn.functional.cross_entropy.
 
     input: (N, C), (C,) or (N, C, d1, ...) logits, classes on dim 1. target: class indices of shape
@@ -625,8 +677,16 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
     temperature (logits / T), z_loss (adds z_loss * LSE**2 per row kept), softcap (logits ->
     softcap * tanh(logits / softcap), applied before the temperature), inplace_backward (the
     gradient overwrites the logits' storage; autograd raises if anything else still needs them),
-    all_ignored (what reduction="mean" returns when every target is ignored: "nan" as torch, or
-    "zero"; the gradient is zero either way).
+    all_ignored (what reduction="mean" returns when its denominator is 0, every target ignored or
+    every kept target's class weight 0: "nan" as torch, or "zero"; with every target ignored the
+    gradient is zero either way), return_lse, return_z_loss (see below).
+
+    Returns the loss; with return_lse=True also each row's LSE of z = softcap(logits) / T, shaped
+    like the loss of reduction="none" (differentiable: a gradient flowing into it adds its
+    p = softmax(z) term); with return_z_loss=True also the z-loss term alone, z_loss * LSE**2 over
+    the rows kept, reduced as the loss is (it stays inside the loss too; for logging). Both come
+    from the one forward pass, in this order: (loss, lse, z_loss), or (loss, lse) or
+    (loss, z_loss).
 
     The loss is float32 whatever the logits dtype (float64 for float64 logits), where torch
     rounds it to the logits dtype; the gradient has the logits' dtype.
@@ -662,15 +722,51 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
                              f"{tuple(input.shape)}, got {tuple(target.shape)}")
     weight = check_class_weight(fn, "weight", weight, n_classes, "input", input.device)
     opts = check_options(fn, reduction, ignore_index, label_smoothing, temperature, z_loss, softcap)
+    if target.is_floating_point() and opts.ignore_index >= 0:
+        # A negative ignore_index can never name a class; torch rejects the others as we do.
+        raise ValueError(f"{fn}: ignore_index={opts.ignore_index} does not apply to class-probability targets "
+                         "(torch rejects it too); leave it at its default, -100")
     if all_ignored not in ALL_IGNORED:
         raise ValueError(f"{fn}: all_ignored must be one of {ALL_IGNORED}, got {all_ignored!r}")
+    check_flag(fn, "return_lse", return_lse)
+    check_flag(fn, "return_z_loss", return_z_loss)
     if inplace_backward and input.requires_grad and input.is_leaf:
         raise ValueError(f"{fn}: inplace_backward=True would overwrite a leaf tensor's values with its gradient; "
                          "use it on logits computed by an op, or leave it False")
     if inplace_backward:
-        return CrossEntropyFunction.apply(input, target, weight, reduction, opts, all_ignored)
-    return cross_entropy_op(input, target, weight, reduction, opts.ignore_index, opts.label_smoothing,
-                            opts.inv_temperature, opts.z_loss, opts.softcap, all_ignored)[0]
+        loss, lse, total = CrossEntropyFunction.apply(input, target, weight, reduction, opts, all_ignored)
+    else:
+        loss, lse, *_, total = cross_entropy_op(input, target, weight, reduction, opts.ignore_index,
+                                                opts.label_smoothing, opts.inv_temperature, opts.z_loss, opts.softcap,
+                                                all_ignored)
+    kept = None if target.is_floating_point() else target != opts.ignore_index
+    return with_extra_outputs(loss, lse, kept, total, reduction, opts.z_loss, all_ignored, return_lse, return_z_loss)
+
+
+def with_extra_outputs(loss, lse, kept, total, reduction, z_loss, all_ignored, return_lse, return_z_loss):
+    """The loss alone, or (loss, lse, z_loss term) as return_lse and return_z_loss ask. The z-loss
+    term, z_loss * LSE**2 over the kept rows (`kept` None: every row), reduced as the loss is, is
+    computed from the LSE with torch ops, so a gradient flowing into it reaches the logits through
+    the LSE's own."""
+    if not (return_lse or return_z_loss):
+        return loss
+    outputs = [loss]
+    if return_lse:
+        outputs.append(lse)
+    if return_z_loss:
+        if z_loss == 0.0:
+            rows = torch.zeros_like(lse)
+        else:
+            rows = z_loss * lse * lse
+            if kept is not None:
+                rows = torch.where(kept, rows, 0.0)
+        outputs.append(reduce(rows, reduction, total, lse.shape, all_ignored))
+    return tuple(outputs)
+
+
+def check_flag(fn, name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}: {name} must be a bool, got {type(value).__name__}")
 
 
 def check_class_weight(fn, name, weight, n_classes, input_name, device):
@@ -711,7 +807,7 @@ class CrossEntropyLoss(torch.nn.Module):
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0, *, temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False,
-                 all_ignored="nan"):
+                 all_ignored="nan", return_lse=False, return_z_loss=False):
         super().__init__()
         if size_average is not None or reduce is not None:
             # torch's legacy rule for the two deprecated flags.
@@ -723,15 +819,17 @@ class CrossEntropyLoss(torch.nn.Module):
         self.register_buffer("weight", weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.temperature, self.z_loss, self.softcap, self.inplace_backward = temperature, z_loss, softcap, inplace_backward
-        self.all_ignored = all_ignored
+        self.all_ignored, self.return_lse, self.return_z_loss = all_ignored, return_lse, return_z_loss
 
     def forward(self, input, target):
         return cross_entropy(input, target, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
                              temperature=self.temperature, z_loss=self.z_loss, softcap=self.softcap,
-                             inplace_backward=self.inplace_backward, all_ignored=self.all_ignored)
+                             inplace_backward=self.inplace_backward, all_ignored=self.all_ignored,
+                             return_lse=self.return_lse, return_z_loss=self.return_z_loss)
 
     def extra_repr(self):
         extras = {"ignore_index": (self.ignore_index, -100), "reduction": (self.reduction, "mean"),
                   "label_smoothing": (self.label_smoothing, 0.0), "temperature": (self.temperature, 1.0),
-                  "z_loss": (self.z_loss, 0.0), "softcap": (self.softcap, None)}
+                  "z_loss": (self.z_loss, 0.0), "softcap": (self.softcap, None),
+                  "return_lse": (self.return_lse, False), "return_z_loss": (self.return_z_loss, False)}
         return ", ".join(f"{k}={v!r}" for k, (v, default) in extras.items() if v != default)

@@ -51,17 +51,26 @@ from numbers import Real
 import torch
 from torch.autograd.function import once_differentiable
 
-from .fused_cross_entropy import RowStats, backward_rows, check_class_weight, check_options, forward_rows
+from .fused_cross_entropy import (
+    RowStats,
+    backward_rows,
+    check_class_weight,
+    check_flag,
+    check_options,
+    forward_rows,
+    reduce,
+    with_extra_outputs,
+)
 from .linear_chunks import LinearGradients, check_chunk_size, check_indices, check_linear, chunk_rows, chunk_slices, linear
 
 __all__ = ["linear_cross_entropy", "LinearCrossEntropyLoss"]
 
 
-def _sweep(h, weight, bias, target, class_weight, opts, rows, stats=None, grads=None, grad_rows=None):
+def _sweep(h, weight, bias, target, class_weight, opts, rows, stats=None, grads=None, grad_rows=None, lse_grad=None):
     """One pass over the chunks of rows of h (N, H). Without `stats` (forward) it computes each
-    row's RowStats and returns them; with them (backward of "none") it reuses them. With `grads`
-    it writes each chunk's d logits, scaled by `grad_rows` (N,), over the chunk's logits and
-    adds them to `grads`."""
+    row's RowStats and returns them; with them (backward) it reuses them. With `grads` it writes
+    each chunk's d logits, for the incoming gradients `grad_rows` of each row's loss and `lse_grad`
+    of its LSE (each (N,) or None), over the chunk's logits and adds them to `grads`."""
     if stats is None:
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         stats = RowStats(*(torch.empty(h.shape[0], dtype=acc, device=h.device) for _ in RowStats._fields))
@@ -75,7 +84,8 @@ def _sweep(h, weight, bias, target, class_weight, opts, rows, stats=None, grads=
                 whole[chunk] = part
         if grads is not None:
             chunk_stats = RowStats(*(None if s is None else s[chunk] for s in stats))
-            backward_rows(logits, target[chunk], class_weight, opts, chunk_stats, grad_rows[chunk], logits)
+            backward_rows(logits, target[chunk], class_weight, opts, chunk_stats, grad_rows[chunk], logits,
+                          None if lse_grad is None else lse_grad[chunk])
             grads.add(chunk, logits, h[chunk])
         del logits  # before the next chunk's logits are allocated: one chunk alive at a time
     return stats
@@ -95,55 +105,63 @@ def _mean_denominator(target, class_weight, ignore_index, num_items, dtype):
 
 
 def _unit_row_gradient(reduction, total, n_rows, dtype, device):
-    """The gradient of each row's loss when the loss's own gradient is 1, as a stride-0 (N,) view."""
+    """The gradient of each row's loss when the loss's own gradient is 1, as a stride-0 (N,) view.
+    A mean over a denominator of 0 has NaN there, as torch's 0/0 (ignored rows still get 0)."""
     if reduction == "sum":
         scale = torch.ones((), dtype=dtype, device=device)
     elif isinstance(total, torch.Tensor):
-        # Nothing counted (total 0): every row's gradient is 0, as torch's, not 0 * inf.
-        scale = torch.where(total != 0, 1.0 / total, 0.0).to(dtype)
+        scale = torch.where(total != 0, 1.0 / total, float("nan")).to(dtype)
     else:
-        scale = torch.full((), 1.0 / total if total else 0.0, dtype=dtype, device=device)
+        scale = torch.full((), 1.0 / total, dtype=dtype, device=device)
     return scale.expand(n_rows)
 
 
 class LinearCrossEntropyFunction(torch.autograd.Function):
+    """(loss reduced, LSE per row) of cross_entropy(hidden @ weight.T + bias, target)."""
+
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, class_weight, reduction, opts, num_items, rows, grad_enabled):
+    def forward(ctx, hidden, weight, bias, target, class_weight, reduction, opts, total, rows, grad_enabled):
         t = target.reshape(-1)
         h = hidden.reshape(t.shape[0], hidden.shape[-1])
         acc = torch.float64 if h.dtype == torch.float64 else torch.float32
         needs = ctx.needs_input_grad[:3] if grad_enabled else (False, False, False)
         ctx.eager = reduction != "none" and any(needs)
-        ctx.needs, ctx.hidden_shape, ctx.rows, ctx.opts = needs, hidden.shape, rows, opts
+        ctx.needs, ctx.hidden_shape, ctx.rows, ctx.opts, ctx.reduction = needs, hidden.shape, rows, opts, reduction
 
-        total = _mean_denominator(t, class_weight, opts.ignore_index, num_items, acc) if reduction == "mean" else None
         grads = LinearGradients(h, weight, bias, needs) if ctx.eager else None
         grad_rows = _unit_row_gradient(reduction, total, h.shape[0], acc, h.device) if ctx.eager else None
         stats = _sweep(h, weight, bias, t, class_weight, opts, rows, grads=grads, grad_rows=grad_rows)
 
-        if ctx.eager:
-            ctx.save_for_backward(*grads.result())
-        elif any(needs):
+        if any(needs):
+            # What a backward sweep needs (the inputs, four numbers a row), and for "mean"/"sum"
+            # the gradients already made; a gradient flowing into the LSE takes a sweep of its own.
             ctx.save_for_backward(h, weight, bias, t, class_weight, stats.row_max, stats.norm, stats.k_rest,
-                                  stats.pt_minus_1)
-        if reduction == "none":
-            return stats.loss.reshape(target.shape)
-        if reduction == "sum":
-            return stats.loss.sum()
-        return stats.loss.sum() / total
+                                  stats.pt_minus_1, *(grads.result() if ctx.eager else ()))
+        ctx.set_materialize_grads(False)
+        return reduce(stats.loss, reduction, total, target.shape), stats.lse.reshape(target.shape)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_loss):
-        if ctx.eager:
-            # Out of place: a retained graph (gradcheck's repeated backward) must find them intact.
-            grad_hidden, grad_weight, grad_bias = (None if g is None else g * grad_loss for g in ctx.saved_tensors)
-        else:
-            h, weight, bias, t, class_weight, row_max, norm, k_rest, pt_minus_1 = ctx.saved_tensors
+    def backward(ctx, grad_loss, grad_lse):
+        h, weight, bias, t, class_weight, row_max, norm, k_rest, pt_minus_1, *made = ctx.saved_tensors
+        grad_lse = None if grad_lse is None else grad_lse.reshape(-1)
+        sweep = grad_lse is not None or (not ctx.eager and grad_loss is not None)
+        results = [None, None, None]
+        if sweep:
             grads = LinearGradients(h, weight, bias, ctx.needs)
-            stats = RowStats(None, row_max, norm, k_rest, pt_minus_1, None)
-            _sweep(h, weight, bias, t, class_weight, ctx.opts, ctx.rows, stats, grads, grad_loss.reshape(-1))
-            grad_hidden, grad_weight, grad_bias = grads.result()
+            stats = RowStats(None, None, row_max, norm, k_rest, pt_minus_1, None)
+            if ctx.eager or grad_loss is None:  # the loss's own part is made already, or not wanted
+                grad_rows = torch.zeros((), dtype=row_max.dtype, device=row_max.device).expand(h.shape[0])
+            else:
+                grad_rows = grad_loss.reshape(-1)
+            _sweep(h, weight, bias, t, class_weight, ctx.opts, ctx.rows, stats, grads, grad_rows, grad_lse)
+            results = list(grads.result())
+        if ctx.eager and grad_loss is not None:
+            # Out of place: a retained graph (gradcheck's repeated backward) must find them intact.
+            for i, g in enumerate(made):
+                if g is not None:
+                    results[i] = g * grad_loss if results[i] is None else results[i] + g * grad_loss
+        grad_hidden, grad_weight, grad_bias = results
         if grad_hidden is not None:
             grad_hidden = grad_hidden.reshape(ctx.hidden_shape)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
@@ -174,7 +192,7 @@ def _check_num_items(fn, num_items, reduction, device):
 
 def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100, reduction="mean",
                          label_smoothing=0.0, z_loss=0.0, softcap=None, temperature=1.0, class_weight=None,
-                         num_items=None, chunk_size=None):
+                         num_items=None, chunk_size=None, return_lse=False, return_z_loss=False):
     """cross_entropy(hidden @ weight.T + bias, target) with gradients for hidden, weight and bias,
     never holding the (N, V) logits: they are made, used and dropped a chunk of tokens at a time.
 
@@ -189,13 +207,16 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100
     batch summed over micro-batches: with reduction "mean" the summed loss is divided by it
     instead of by this call's own count, so the micro-batch losses add up to the batch's mean
     (Hugging Face's `num_items_in_batch`). An int or float > 0, or a 0-d tensor (read without any
-    host-device synchronisation; a value of 0 there gives an infinite or NaN loss and zero
-    gradients). chunk_size: rows per chunk (default: see `linear_chunks.chunk_rows`).
+    host-device synchronisation; a value of 0 there gives a NaN loss and NaN gradients, as 0/0).
+    chunk_size: rows per chunk (default: see `linear_chunks.chunk_rows`). return_lse,
+    return_z_loss: as in `softlight.cross_entropy`, the LSE of each token's logits (shaped like
+    target) and the z-loss term alone; a gradient flowing into either costs one more sweep over
+    the chunks in backward (the logits recomputed), none when they are only logged.
 
     The loss is float32 (float64 for float64 inputs); the gradients have the inputs' dtypes. A
-    mean over a batch whose targets are all ignored is NaN, as in torch. For "mean"/"sum" the
-    gradients are computed during forward, for "none" the logits are recomputed in backward (see
-    this module's docstring).
+    mean whose denominator is 0 (every target ignored, or every kept target's class weight 0) is
+    NaN, as in torch. For "mean"/"sum" the gradients are computed during forward, for "none" the
+    logits are recomputed in backward (see this module's docstring).
     """
     fn = "softlight.linear_cross_entropy"
     n_classes = check_linear(fn, hidden, weight, bias)
@@ -204,10 +225,16 @@ def linear_cross_entropy(hidden, weight, target, bias=None, *, ignore_index=-100
     class_weight = check_class_weight(fn, "class_weight", class_weight, n_classes, "hidden", hidden.device)
     num_items = _check_num_items(fn, num_items, reduction, hidden.device)
     chunk_size = check_chunk_size(fn, chunk_size)
+    check_flag(fn, "return_lse", return_lse)
+    check_flag(fn, "return_z_loss", return_z_loss)
 
     rows = chunk_rows(target.numel(), hidden.shape[-1], n_classes, chunk_size)
-    return LinearCrossEntropyFunction.apply(hidden, weight, bias, target, class_weight, reduction, opts, num_items,
-                                            rows, torch.is_grad_enabled())
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    total = _mean_denominator(target, class_weight, opts.ignore_index, num_items, acc) if reduction == "mean" else None
+    loss, lse = LinearCrossEntropyFunction.apply(hidden, weight, bias, target, class_weight, reduction, opts, total,
+                                                 rows, torch.is_grad_enabled())
+    return with_extra_outputs(loss, lse, target != opts.ignore_index, total, reduction, opts.z_loss, "nan",
+                              return_lse, return_z_loss)
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
@@ -215,14 +242,16 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     num_items=None)`, with the options fixed at construction."""
 
     def __init__(self, ignore_index=-100, reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
-                 temperature=1.0, class_weight=None, chunk_size=None):
+                 temperature=1.0, class_weight=None, chunk_size=None, return_lse=False, return_z_loss=False):
         super().__init__()
         self.register_buffer("class_weight", class_weight)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.z_loss, self.softcap, self.temperature, self.chunk_size = z_loss, softcap, temperature, chunk_size
+        self.return_lse, self.return_z_loss = return_lse, return_z_loss
 
     def forward(self, hidden, weight, target, bias=None, num_items=None):
         return linear_cross_entropy(hidden, weight, target, bias, ignore_index=self.ignore_index,
                                     reduction=self.reduction, label_smoothing=self.label_smoothing, z_loss=self.z_loss,
                                     softcap=self.softcap, temperature=self.temperature,
-                                    class_weight=self.class_weight, num_items=num_items, chunk_size=self.chunk_size)
+                                    class_weight=self.class_weight, num_items=num_items, chunk_size=self.chunk_size,
+                                    return_lse=self.return_lse, return_z_loss=self.return_z_loss)

@@ -3,7 +3,7 @@
 It never imports torch: it is the independent side of every comparison.
 """
 
-from .cross_entropy import REDUCTIONS, cross_entropy, cross_entropy_backward
+from .cross_entropy import REDUCTIONS, cross_entropy, cross_entropy_backward, cross_entropy_lse
 from .errors import TOLERANCE, relative_error
 from .linear_cross_entropy import (
     linear_cross_entropy,
@@ -35,6 +35,7 @@ __all__ = [
     "naive_log_softmax",
     "cross_entropy",
     "cross_entropy_backward",
+    "cross_entropy_lse",
     "REDUCTIONS",
     "token_logprobs",
     "token_logprobs_backward",

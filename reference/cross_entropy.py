@@ -11,8 +11,10 @@ smoothing eps over C classes, with -log softmax(z)_c = LSE(z) - z_c:
     loss = (1 - eps) * w_t * (LSE - z_t) + eps / C * sum_c w_c (LSE - z_c) + z_loss * LSE**2
 
 A row whose target is ignore_index contributes 0. reduction="mean" divides the summed loss by
-the summed weights w_t of the rows not ignored (their count without weights), as torch does,
-so a batch with every target ignored gives NaN.
+the summed weights w_t of the rows not ignored (their count without weights), as torch does.
+When that denominator is 0 (every target ignored, or every kept target's weight 0) the mean is
+NaN, torch's 0/0, even where label smoothing made the sum positive; its gradient is NaN on the
+rows kept and 0 on the rows ignored (an ignored row's loss is the constant 0).
 
 For a row of class probabilities q (soft targets), smoothed as q' = (1 - eps) q + eps / C:
 
@@ -24,14 +26,15 @@ z_c = -inf (0 log 0 = 0); torch computes 0 * inf = NaN there.
 The gradient with respect to z is g * (softmax(z) * k - u), with u the per-class target weights
 above (u_c = eps w_c / C + (1 - eps) w_t [c == t], or w_c q'_c), k = sum_c u_c + 2 z_loss LSE,
 and g the incoming gradient of the row; the chain rule through z = cap(x) / T multiplies by
-(1 - tanh(x / softcap)**2) / T.
+(1 - tanh(x / softcap)**2) / T. A gradient h flowing into the row's LSE (`cross_entropy_lse`)
+adds h * softmax(z), on ignored rows too.
 """
 
 import numpy as np
 
 from .softmax import check_temperature, logsumexp
 
-__all__ = ["cross_entropy", "cross_entropy_backward", "REDUCTIONS"]
+__all__ = ["cross_entropy", "cross_entropy_backward", "cross_entropy_lse", "REDUCTIONS"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -91,13 +94,24 @@ def cross_entropy(x, target, weight=None, ignore_index=-100, reduction="mean", l
         return rows.reshape(_reduced_shape(shape, single))
     if reduction == "sum":
         return rows.sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return rows.sum() / counted.sum()
+    total = counted.sum()
+    return rows.sum() / total if total != 0 else np.float64(np.nan)
+
+
+def cross_entropy_lse(x, temperature=1.0, softcap=None):
+    """Each row's LSE of z = cap(x) / T, shaped like the loss of reduction="none"."""
+    x = np.asarray(x, dtype=np.float64)
+    check_temperature(temperature)
+    rows = np.moveaxis(x[None] if x.ndim == 1 else x, 1, -1)  # classes last
+    capped = rows if softcap is None else softcap * np.tanh(rows / softcap)
+    lse = logsumexp(capped / temperature, axis=-1)
+    return lse[0] if x.ndim == 1 else lse
 
 
 def cross_entropy_backward(x, target, grad_output=1.0, weight=None, ignore_index=-100, reduction="mean",
-                           label_smoothing=0.0, temperature=1.0, z_loss=0.0, softcap=None):
-    """d(loss)/d(x) given the incoming gradient of the reduced loss (per row for "none")."""
+                           label_smoothing=0.0, temperature=1.0, z_loss=0.0, softcap=None, grad_lse=None):
+    """d(loss)/d(x) given the incoming gradient of the reduced loss (per row for "none"), plus the
+    term of `grad_lse`, an incoming gradient of each row's LSE (shaped like the rows), if given."""
     shape, single, z, dz_dx, u, kept, counted = _prepared(x, target, weight, ignore_index, label_smoothing, temperature, softcap)
     lse = logsumexp(z, axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -108,10 +122,13 @@ def cross_entropy_backward(x, target, grad_output=1.0, weight=None, ignore_index
         elif reduction == "sum":
             g = np.full((len(u), 1), float(grad_output))
         else:
-            # A mean over no kept row: every row's gradient is 0 (as torch), not 0 * inf.
             total = counted.sum()
-            g = np.full((len(u), 1), float(grad_output) / total if total != 0 else 0.0)
-        grad = g * (p * k - u) * dz_dx
+            g = np.full((len(u), 1), float(grad_output) / total if total != 0 else np.nan)
+        g = np.where(kept[:, None], g, 0.0)  # an ignored row's loss is the constant 0
+        grad = g * (p * k - u)
+        if grad_lse is not None:
+            grad = grad + np.asarray(grad_lse, dtype=np.float64).reshape(-1, 1) * p
+        grad = grad * dz_dx
     if single:
         return grad.reshape(shape)
     return np.moveaxis(grad.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)

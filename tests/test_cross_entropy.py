@@ -323,3 +323,179 @@ def test_confident_rows_keep_their_tiny_loss(dtype, device):
         best = rounded(-exact[i], dtype).item()
         ulp = max(torch.finfo(dtype).eps * abs(best), torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps)
         assert abs(xg.grad[i, 0].item() - best) <= ulp
+
+
+# ---------------------------------------------------------------------------------------------
+# A mean whose denominator is 0, and probability targets with ignore_index (issue 13)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_mean_over_zero_class_weight_matches_torch(label_smoothing, inplace, device):
+    """Class weights 0 on every kept target: torch's mean is 0/0 = NaN even when smoothing makes
+    the sum positive, and its gradient NaN on the kept rows, 0 on the ignored one."""
+    h = torch.randn(4, 5, device=device, requires_grad=True)
+    target = torch.tensor([0, 1, 0, -100], device=device)
+    w = torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0], device=device)
+    loss = softlight.cross_entropy(logits_from(h), target, w, label_smoothing=label_smoothing, inplace_backward=inplace)
+    expected = F.cross_entropy(logits_from(h), target, w, label_smoothing=label_smoothing)
+    assert torch.isnan(loss) and torch.isnan(expected)
+    (grad,) = torch.autograd.grad(loss, h)
+    (expected_grad,) = torch.autograd.grad(expected, h)
+    torch.testing.assert_close(grad, expected_grad, equal_nan=True)
+    assert grad[:3].isnan().all() and torch.equal(grad[3], torch.zeros_like(grad[3]))
+    expected_np = ref.cross_entropy(to_numpy(h), target.cpu().numpy(), to_numpy(w), label_smoothing=label_smoothing)
+    assert np.isnan(expected_np)
+    assert softlight.cross_entropy(h, target, w, label_smoothing=label_smoothing, all_ignored="zero") == 0
+
+
+def test_all_ignored_keeps_a_zero_gradient_whatever_the_incoming_one(device):
+    """reduction="none" with every row ignored: an ignored row's loss is the constant 0, so even a
+    NaN incoming gradient gives it 0 (as torch's nll_loss does)."""
+    x = torch.randn(3, 6, device=device, requires_grad=True)
+    target = torch.tensor([-100, 2, -100], device=device)
+    loss = softlight.cross_entropy(x, target, reduction="none", label_smoothing=0.2)
+    loss.backward(torch.tensor([float("nan"), 1.0, float("inf")], device=device))
+    assert torch.equal(x.grad[[0, 2]], torch.zeros_like(x.grad[[0, 2]])) and x.grad[1].isfinite().all()
+
+
+@pytest.mark.parametrize("ignore_index", [0, 3])
+def test_probability_targets_reject_a_class_ignore_index(ignore_index, device):
+    x, q, _ = make_inputs((3, 5), torch.float32, device, soft=True)
+    with pytest.raises(RuntimeError):
+        F.cross_entropy(x, q, ignore_index=ignore_index)
+    with pytest.raises(ValueError, match=f"ignore_index={ignore_index} does not apply to class-probability targets"):
+        softlight.cross_entropy(x, q, ignore_index=ignore_index)
+    # A negative one can name no class: torch accepts it, and so do we.
+    assert softlight.cross_entropy(x, q, ignore_index=-1) == softlight.cross_entropy(x, q)
+
+
+# ---------------------------------------------------------------------------------------------
+# return_lse and return_z_loss (issue 13)
+
+
+def check_extra_outputs(x, target, weight=None, inplace=False, **opts):
+    """cross_entropy with return_lse and return_z_loss: the loss as without them, the LSE and the
+    z-loss term against the reference, and the gradient of a sum that uses all three (so the LSE's
+    own gradient and the z-loss term's reach the logits) against the reference."""
+    h = x.detach().clone().requires_grad_()
+    loss, lse, z_term = softlight.cross_entropy(logits_from(h) if inplace else h, target, weight, return_lse=True,
+                                                return_z_loss=True, inplace_backward=inplace, **opts)
+    plain = softlight.cross_entropy(x, target, weight, **opts)
+    torch.testing.assert_close(loss, plain, rtol=0, atol=0, equal_nan=True)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    assert lse.dtype == z_term.dtype == acc and lse.shape == (x.shape[:1] + x.shape[2:] if x.dim() > 1 else ())
+
+    t = to_numpy(target) if target.is_floating_point() else target.cpu().numpy()
+    w = None if weight is None else to_numpy(weight)
+    reduction, z_loss = opts.get("reduction", "mean"), opts.get("z_loss", 0.0)
+    lse_ref = ref.cross_entropy_lse(to_numpy(x), opts.get("temperature", 1.0), opts.get("softcap"))
+    assert ref.relative_error(to_numpy(lse), lse_ref) <= LOSS_TOLERANCE
+    kept = np.ones(lse_ref.shape, bool) if target.is_floating_point() else t != opts.get("ignore_index", -100)
+    z_rows = np.where(kept, z_loss * lse_ref**2, 0.0)
+    if reduction == "none":
+        z_ref = z_rows
+    elif reduction == "sum":
+        z_ref = z_rows.sum()
+    else:  # the loss's own denominator: the kept targets' weights, or the rows for probabilities
+        soft_or_unweighted = w is None or target.is_floating_point()
+        counted = kept if soft_or_unweighted else np.where(kept, w[np.where(kept, t, 0)], 0.0)
+        z_ref = z_rows.sum() / counted.sum() if counted.sum() else np.nan
+    assert np.allclose(to_numpy(z_term), z_ref, rtol=LOSS_TOLERANCE, atol=1e-12, equal_nan=True)
+
+    # One backward through loss, LSE and z-loss term, each with its own incoming gradient.
+    g_loss = torch.empty_like(loss).uniform_(0.5, 2.0)
+    g_lse = torch.empty_like(lse).uniform_(-2.0, 2.0)
+    g_z = torch.empty_like(z_term).uniform_(0.5, 2.0)
+    torch.autograd.backward([loss, lse, z_term], [g_loss, g_lse, g_z])
+    # The z-loss term's gradient is the LSE's, times 2 z_loss LSE on each kept row.
+    g_z_rows = to_numpy(g_z) * np.ones(lse_ref.shape)
+    if reduction == "mean":
+        g_z_rows = g_z_rows / counted.sum() if counted.sum() else np.full(lse_ref.shape, np.nan)
+    g_lse_total = to_numpy(g_lse) + np.where(kept, g_z_rows * 2 * z_loss * lse_ref, 0.0)
+    expected = ref.cross_entropy_backward(to_numpy(x), t, to_numpy(g_loss), w, grad_lse=g_lse_total, **opts)
+    assert_close(h.grad, expected, dtype=x.dtype, what="gradient through loss, LSE and z-loss term")
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=combo_id)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_return_lse_and_z_loss_with_every_option(combo, dtype, device):
+    make, opts = split_options(combo, INPUT_OPTIONS)
+    x, target, w = make_inputs((16, 300), dtype, device, **make)
+    check_extra_outputs(x, target, w, **{"z_loss": 1e-3, **opts})
+
+
+@pytest.mark.parametrize("combo", [dict(), dict(ignore_every=3, label_smoothing=0.1, weight=True),
+                                   dict(soft=True, reduction="none", softcap=5.0)], ids=combo_id)
+def test_return_lse_and_z_loss_in_place_split_and_shapes(combo, monkeypatch, device):
+    make, opts = split_options(combo, INPUT_OPTIONS)
+    x, target, w = make_inputs((4, 9, 3), torch.float32, device, **make)
+    check_extra_outputs(x, target, w, inplace=True, z_loss=1e-2, **opts)
+    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 64)  # each row split across programs, then combined
+    x, target, w = make_inputs((3, 5000), torch.float32, device, **make)
+    check_extra_outputs(x, target, w, z_loss=1e-2, **opts)
+    x, target, w = make_inputs((7,), torch.float32, device, **make)
+    check_extra_outputs(x, target, w, z_loss=1e-2, **opts)
+
+
+def test_return_options_one_at_a_time_and_module(device):
+    x, target, w = make_inputs((6, 40), torch.float32, device, ignore_every=2, weight=True)
+    loss, lse = softlight.cross_entropy(x, target, w, z_loss=1e-3, return_lse=True)
+    loss2, z_term = softlight.cross_entropy(x, target, w, z_loss=1e-3, return_z_loss=True)
+    assert loss == loss2 and lse.shape == (6,) and z_term.shape == ()
+    module = softlight.CrossEntropyLoss(w, z_loss=1e-3, return_lse=True, return_z_loss=True)
+    out = module(x, target)
+    assert len(out) == 3 and out[0] == loss and torch.equal(out[1], lse) and out[2] == z_term
+    assert "return_lse=True" in repr(module)
+    # Without z_loss the term is an exact 0, whatever the LSE.
+    assert softlight.cross_entropy(x, target, return_z_loss=True)[1] == 0
+    with pytest.raises(TypeError, match="return_lse must be a bool"):
+        softlight.cross_entropy(x, target, return_lse=1)
+
+
+def test_return_lse_costs_no_extra_kernel_launch(monkeypatch, device):
+    """The LSE and the z-loss term come from the forward kernel's own pass over the logits."""
+    from softlight import fused_cross_entropy
+
+    calls = []
+    kernel = fused_cross_entropy.cross_entropy_forward_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(fused_cross_entropy, "cross_entropy_forward_kernel", Counting())
+    x, target, _ = make_inputs((8, 100), torch.float32, device)
+    softlight.cross_entropy(x, target, z_loss=1e-3)
+    plain = len(calls)
+    softlight.cross_entropy(x, target, z_loss=1e-3, return_lse=True, return_z_loss=True)
+    assert plain == 1 and len(calls) == 2
+
+
+def test_return_lse_under_torch_compile(device):
+    x, target, w = make_inputs((6, 40), torch.float32, device, ignore_every=3, weight=True)
+
+    def step(h):
+        loss, lse, z_term = softlight.cross_entropy(h, target, w, z_loss=1e-3, softcap=8.0, return_lse=True,
+                                                    return_z_loss=True)
+        return loss + 0.1 * lse.sum() + z_term
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    h1, h2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.testing.assert_close(compiled(h1), step(h2))
+    compiled(h1).backward()
+    step(h2).backward()
+    torch.testing.assert_close(h1.grad, h2.grad)
+
+
+def test_lse_gradient_in_float64_gradcheck(device):
+    x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
+    target = torch.tensor([0, 5, -100, 2], device=device)
+
+    def outputs(t):
+        return softlight.cross_entropy(t, target, z_loss=0.05, softcap=3.0, temperature=0.8, return_lse=True,
+                                       return_z_loss=True)
+
+    assert torch.autograd.gradcheck(outputs, (x,))
+    assert torch.autograd.gradgradcheck(outputs, (x,))

@@ -36,9 +36,11 @@ def test_opcheck_cross_entropy_ops(device):
                  (x, probs, weight, "sum", -100, 0.2, 1.0, 0.0, None, "zero")):
         torch.library.opcheck(op, args)
     with torch.no_grad():
-        loss, *stats = op(x, target, weight, "mean", -100, 0.1, 1.0, 1e-3, 20.0, "nan")
-    torch.library.opcheck(OPS.cross_entropy_backward.default,
-                          (torch.ones_like(loss), x.detach(), target, weight, *stats, "mean", -100, 0.1, 1.0, 20.0))
+        loss, lse, *stats = op(x, target, weight, "mean", -100, 0.1, 1.0, 1e-3, 20.0, "nan")
+    for grad_lse in (None, torch.randn_like(lse)):
+        torch.library.opcheck(OPS.cross_entropy_backward.default,
+                              (torch.ones_like(loss), grad_lse, x.detach(), target, weight, *stats, "mean", -100, 0.1,
+                               1.0, 20.0, "nan"))
 
 
 class TinyClassifier(torch.nn.Module):

@@ -1,5 +1,6 @@
 """softlight.linear_cross_entropy against the float64 reference and the unfused composition."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,13 +168,14 @@ def test_num_items_against_reference(num_items, device):
                             chunk_size=5, grad_scale=0.25)
 
 
-def test_num_items_tensor_of_zero_gives_nonfinite_loss_and_zero_gradients(device):
+def test_num_items_tensor_of_zero_gives_nan_loss_and_gradients(device):
+    """A denominator of 0 is 0/0 wherever it comes from (torch's mean gives NaN there too)."""
     hidden, weight, b, target, _ = make_inputs(4, 8, 10, torch.float32, device)
     h, w = leaves(hidden, weight)
     loss = softlight.linear_cross_entropy(h, w, target, num_items=torch.tensor(0, device=device))
-    assert not torch.isfinite(loss)
+    assert torch.isnan(loss)
     loss.backward()
-    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+    assert h.grad.isnan().all() and w.grad.isnan().any()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,3 +308,89 @@ def test_autocast_does_not_change_the_dtype_of_the_matmuls(device):
     for got, want in zip(ours, plain):
         assert got.grad.dtype == torch.float32
         torch.testing.assert_close(got.grad, want.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# A mean whose denominator is 0, return_lse and return_z_loss (issue 13)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_mean_over_zero_class_weight_matches_torch(label_smoothing, device):
+    """Class weights 0 on every kept target: NaN loss and NaN gradients, as the unfused torch
+    composition gives (its mean is 0/0)."""
+    hidden, weight, b, target, _ = make_inputs(4, 8, 5, torch.float32, device)
+    target[:] = torch.tensor([0, 1, 0, -100])
+    cw = torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0], device=device)
+    h, w = leaves(hidden, weight)
+    loss = softlight.linear_cross_entropy(h, w, target, class_weight=cw, label_smoothing=label_smoothing, chunk_size=3)
+    h2, w2 = leaves(hidden, weight)
+    expected = F.cross_entropy(F.linear(h2, w2), target, cw, label_smoothing=label_smoothing)
+    assert torch.isnan(loss) and torch.isnan(expected)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(h.grad, h2.grad, equal_nan=True)  # NaN on kept tokens, 0 on the ignored one
+    assert torch.equal(h.grad[3], torch.zeros_like(h.grad[3])) and w.grad.isnan().any()
+
+
+def check_linear_extra_outputs(hidden, weight, bias, target, num_items=None, chunk_size=None, **opts):
+    """linear_cross_entropy with return_lse and return_z_loss: the loss as without them, the LSE
+    and the z-loss term against the reference on the logits F.linear makes, and the gradients of
+    a sum using all three against the reference."""
+    h, w, b = leaves(hidden, weight, bias)
+    loss, lse, z_term = softlight.linear_cross_entropy(h, w, target, b, num_items=num_items, chunk_size=chunk_size,
+                                                       return_lse=True, return_z_loss=True, **opts)
+    plain = softlight.linear_cross_entropy(hidden, weight, target, bias, num_items=num_items, chunk_size=chunk_size,
+                                           **opts)
+    torch.testing.assert_close(loss, plain, rtol=0, atol=0)
+    assert lse.shape == target.shape and lse.dtype == torch.float32
+    logits = to_numpy(F.linear(hidden, weight, bias)).reshape(-1, weight.shape[0])
+    lse_ref = ref.cross_entropy_lse(logits, opts.get("temperature", 1.0), opts.get("softcap")).reshape(target.shape)
+    assert ref.relative_error(to_numpy(lse), lse_ref) <= LOSS_TOLERANCE
+    ref_opts = {k: (to_numpy(v) if isinstance(v, torch.Tensor) else v) for k, v in opts.items()}
+    kept = target.cpu().numpy() != opts.get("ignore_index", -100)
+    z_rows = np.where(kept, opts.get("z_loss", 0.0) * lse_ref**2, 0.0)
+    reduction = opts.get("reduction", "mean")
+    denominator = 1.0
+    if reduction == "mean":
+        cw = ref_opts.get("class_weight")
+        t = target.cpu().numpy()
+        denominator = num_items or (kept.sum() if cw is None else np.where(kept, cw[np.where(kept, t, 0)], 0).sum())
+    z_ref = z_rows if reduction == "none" else z_rows.sum() / denominator
+    assert np.allclose(to_numpy(z_term), z_ref, rtol=LOSS_TOLERANCE, atol=1e-12)
+
+    g_loss = torch.empty_like(loss).uniform_(0.5, 2.0)
+    g_lse = torch.empty_like(lse).uniform_(-2.0, 2.0)
+    g_z = torch.empty_like(z_term).uniform_(0.5, 2.0)
+    torch.autograd.backward([loss, lse, z_term], [g_loss, g_lse, g_z])
+    g_z_rows = to_numpy(g_z) * np.ones(lse_ref.shape) / denominator
+    g_lse_total = to_numpy(g_lse) + np.where(kept, g_z_rows * 2 * opts.get("z_loss", 0.0) * lse_ref, 0.0)
+    expected = ref.linear_cross_entropy_backward(
+        to_numpy(hidden), to_numpy(weight), target.cpu().numpy(), to_numpy(g_loss),
+        None if bias is None else to_numpy(bias), num_items=num_items, logits=logits.reshape(*target.shape, -1),
+        grad_lse=g_lse_total.reshape(-1), **ref_opts)
+    for name, got, want in zip(("hidden", "weight", "bias"), (h, w, b), expected):
+        if got is not None:
+            assert_close(got.grad, want, what=f"d {name} through loss, LSE and z-loss term")
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=combo_id)
+def test_return_lse_and_z_loss_with_every_option(combo, device):
+    make, opts = split_options(combo, INPUT_OPTIONS)
+    hidden, weight, b, target, cw = make_inputs(13, 16, 40, torch.float32, device, **make)
+    if cw is not None:
+        opts["class_weight"] = cw
+    check_linear_extra_outputs(hidden, weight, b, target, chunk_size=5, **{"z_loss": 1e-3, **opts})
+
+
+def test_lse_alone_gets_gradients_and_the_module_returns_both(device):
+    hidden, weight, b, target, _ = make_inputs(6, 8, 20, torch.float32, device, lead=(2, 3))
+    h, w = leaves(hidden, weight)
+    _, lse = softlight.linear_cross_entropy(h, w, target, b, return_lse=True, chunk_size=4)
+    lse.sum().backward()  # the loss is not used: only the LSE's gradient flows
+    h2, w2 = leaves(hidden, weight)
+    torch.logsumexp(F.linear(h2, w2, b), -1).sum().backward()
+    torch.testing.assert_close(h.grad, h2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+    criterion = softlight.LinearCrossEntropyLoss(z_loss=1e-3, return_lse=True, return_z_loss=True)
+    loss, lse, z_term = criterion(hidden, weight, target, b)
+    assert lse.shape == (2, 3) and z_term.shape == () and loss > z_term > 0
