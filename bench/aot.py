@@ -2,8 +2,9 @@
 
 The interpreter runs kernels as Python and never meets the compiler, so compile-only errors
 (type mismatches in lowering, unsupported ops for a dtype, register spills) would first show on
-a GPU. This module drives the real launch code with tensors on torch's "meta" device, catches
-each kernel launch, rebuilds the signature Triton's runtime would specialize it with (pointer
+a GPU. This module asks each op module's `kernel_launches` hook for the launches of a shape
+(the real launch code, run on torch's "meta" device, recording instead of launching), rebuilds
+the signature Triton's runtime would specialize it with (pointer
 dtypes, 16-byte alignment, integers equal to 1 or divisible by 16), and compiles it with
 `triton.compile` for sm_90 / sm_80. `cuobjdump --dump-resource-usage` then reads registers,
 spill (local) memory and shared memory off each cubin.
@@ -14,7 +15,6 @@ Run it without TRITON_INTERPRET: interpreted kernels cannot be compiled.
 """
 
 import argparse
-import contextlib
 import functools
 import multiprocessing
 import os
@@ -30,7 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from softlight import fused_cross_entropy, fused_softmax, fused_token_logprobs
+from softlight import cross_entropy_op, launch, softmax_op, token_logprobs_op
 
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
                 torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
@@ -49,20 +49,8 @@ class Launch:
     num_warps: int
 
 
-class _Recorder:
-    """Stands in for a JITFunction: `kernel[grid](*args, **kwargs)` records instead of launching."""
-
-    def __init__(self, kernel, launches, label):
-        self.kernel, self.launches, self.label = kernel, launches, label
-
-    def __getitem__(self, grid):
-        def record(*args, num_warps=4, **constexprs):
-            self.launches.append(_specialize(self.kernel, self.label, args, constexprs, num_warps))
-
-        return record
-
-
-def _specialize(kernel, label, args, constexprs, num_warps):
+def _specialize(made: launch.KernelLaunch, label: str) -> Launch:
+    kernel, args, constexprs, num_warps = made.kernel, made.args, made.constexprs, made.num_warps
     names = kernel.arg_names
     signature, consts, attrs = {}, {}, {}
     for i, (name, value) in enumerate(zip(names, args)):
@@ -90,92 +78,70 @@ def _specialize(kernel, label, args, constexprs, num_warps):
     return Launch(name, kernel, signature, consts, attrs, num_warps)
 
 
-@contextlib.contextmanager
-def recording(module, launches, label):
-    """Replace every JITFunction in `module` by a recorder for the duration."""
-    saved = {k: v for k, v in vars(module).items() if isinstance(v, triton.runtime.JITFunction)}
-    try:
-        for k, v in saved.items():
-            setattr(module, k, _Recorder(v, launches, label))
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(module, k, v)
+def _labelled(launches, label):
+    return [(made, label) for made in launches]
 
 
-def _softmax_launches(launches):
-    from softlight.launch import ROW_BLOCK_LIMIT
-
+def _softmax_launches():
+    row_limit = launch.policy().row_block_limit
+    found = []
     for dtype in DTYPE_NAME:
         # A short row, rows at the on-chip limits of backward and forward, a streamed row, and an
         # odd vocabulary (50257) whose rows are not 16-byte aligned, which rules out vector loads.
-        for n_cols in (1024, ROW_BLOCK_LIMIT // 2, ROW_BLOCK_LIMIT, 4 * ROW_BLOCK_LIMIT, 50257):
-            x = torch.empty(64, n_cols, dtype=dtype, device="meta")
-            with recording(fused_softmax, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols"):
-                for log in (False, True):
-                    y = fused_softmax._forward(x, 1, dtype, 1.0, log, False)
-                    fused_softmax._backward(y, torch.empty_like(y), 1, dtype, 1.0, log, False)
+        for n_cols in (1024, row_limit // 2, row_limit, 4 * row_limit, 50257):
+            for log in (False, True):
+                found += _labelled(softmax_op.kernel_launches((64, n_cols), dtype, log=log),
+                                   f"{DTYPE_NAME[dtype]}, {n_cols} cols")
+    return found
 
 
 CROSS_ENTROPY_OPTIONS = {
-    # name: (probability targets, weight, label smoothing, softcap)
-    "index": (False, False, 0.0, None),
-    "index+weight+smoothing+softcap": (False, True, 0.1, 30.0),
-    "probabilities+weight+softcap": (True, True, 0.0, 30.0),
+    # name: keyword options of cross_entropy_op.kernel_launches
+    "index": dict(),
+    "index+weight+smoothing+softcap": dict(class_weight=True, label_smoothing=0.1, softcap=30.0),
+    "probabilities+weight+softcap": dict(probabilities=True, class_weight=True, softcap=30.0),
 }
 
 
-def _cross_entropy_launches(launches):
-    from softlight import launch as launch_module
-
+def _cross_entropy_launches():
+    found = []
     for dtype in DTYPE_NAME:
         for n_cols in (32768, 50257, 262144):
-            for name, (soft, has_weight, smoothing, softcap) in CROSS_ENTROPY_OPTIONS.items():
+            for name, options in CROSS_ENTROPY_OPTIONS.items():
                 for rows, split in ((4096, False), (4, True)):
-                    x = torch.empty(rows, n_cols, dtype=dtype, device="meta")
-                    target = torch.empty_like(x) if soft else torch.empty(rows, dtype=torch.int64, device="meta")
-                    weight = torch.empty(n_cols, dtype=torch.float32, device="meta") if has_weight else None
-                    saved = launch_module.TARGET_PROGRAMS
-                    launch_module.TARGET_PROGRAMS = 528 if split else 1  # 4 per SM on an H100
-                    try:
-                        with recording(fused_cross_entropy, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols, {name}"):
-                            options = ("mean", -100, smoothing, 1.0)
-                            loss, lse, *stats = fused_cross_entropy._forward_op(x, target, weight, *options, 1e-4,
-                                                                                 softcap, "nan")
-                            # A gradient flowing into the returned LSE (return_lse) is a variant of its own.
-                            for lse_grad in (None, torch.ones_like(lse)) if name == "index" else (None,):
-                                fused_cross_entropy._backward_op(torch.ones_like(loss), lse_grad, x, target, weight,
-                                                                 *stats, *options, softcap, "nan")
-                    finally:
-                        launch_module.TARGET_PROGRAMS = saved
+                    # A gradient flowing into the returned LSE (return_lse) is a variant of its own.
+                    for lse_grad in (False, True) if name == "index" else (False,):
+                        with launch.use_policy(target_programs=528 if split else 1):  # 4 per SM on an H100
+                            made = cross_entropy_op.kernel_launches((rows, n_cols), dtype, z_loss=1e-4,
+                                                                    lse_grad=lse_grad, **options)
+                        found += _labelled(made, f"{DTYPE_NAME[dtype]}, {n_cols} cols, {name}")
+    return found
 
 
-def _token_logprobs_launches(launches):
+def _token_logprobs_launches():
+    found = []
     for dtype in DTYPE_NAME:
         # A row of whole blocks, and an odd vocabulary (50257) whose rows are not 16-byte aligned.
         for n_cols in (32768, 50257):
-            x = torch.empty(64, n_cols, dtype=dtype, device="meta")
-            ids = torch.empty(64, dtype=torch.int64, device="meta")
-            grad = torch.empty(64, dtype=torch.float32, device="meta")
-            with recording(fused_token_logprobs, launches, f"{DTYPE_NAME[dtype]}, {n_cols} cols"):
-                fused_token_logprobs.logprob_rows(x, ids, 1.0, False)
-                stats = fused_token_logprobs.logprob_rows(x, ids, 1.0, True)
-                # The gradient of log p alone, of the entropy alone, and of both.
-                for grad_logp, grad_entropy in ((grad, None), (None, grad), (grad, grad)):
-                    fused_token_logprobs.logprob_grad_rows(x, ids, 1.0, stats, grad_logp, grad_entropy, torch.empty_like(x))
+            label = f"{DTYPE_NAME[dtype]}, {n_cols} cols"
+            found += _labelled(token_logprobs_op.kernel_launches((64, n_cols), dtype), label)
+            # The gradient of log p alone, of the entropy alone, and of both.
+            for grads in (("logp",), ("entropy",), ("logp", "entropy")):
+                found += _labelled(token_logprobs_op.kernel_launches((64, n_cols), dtype, return_entropy=True,
+                                                                     grads=grads), label)
+    return found
 
 
 def variants():
     """Every kernel variant the launch code produces: each dtype, each strategy, each option set."""
-    launches = []
-    _softmax_launches(launches)
-    _cross_entropy_launches(launches)
-    _token_logprobs_launches(launches)
+    launches = [_specialize(made, label) for made, label in
+                _softmax_launches() + _cross_entropy_launches() + _token_logprobs_launches()]
     # The same kernel variant reached from several row lengths is compiled once.
     unique = {}
-    for launch in launches:
-        key = (launch.kernel.__name__, repr(launch.signature), repr(launch.constexprs), repr(launch.attrs), launch.num_warps)
-        unique.setdefault(key, launch)
+    for variant in launches:
+        key = (variant.kernel.__name__, repr(variant.signature), repr(variant.constexprs), repr(variant.attrs),
+               variant.num_warps)
+        unique.setdefault(key, variant)
     return list(unique.values())
 
 
@@ -258,9 +224,7 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities, e.g. 90 80")
     parser.add_argument("--out", help="also write the Markdown table to this file")
     args = parser.parse_args(argv)
-    from softlight.launch import INTERPRETED
-
-    if INTERPRETED:
+    if launch.INTERPRETED:
         parser.error("TRITON_INTERPRET is set: interpreted kernels cannot be compiled; unset it")
     failures = report(args.arch, args.out)
     if failures:

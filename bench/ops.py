@@ -38,7 +38,7 @@ from softlight import reference as ref
 
 from .spec import DIRECTIONS, LINEAR_OPS, OPS
 
-__all__ = ["TORCH_DTYPES", "Inputs", "Reference", "Verdict", "make_inputs", "verify", "timed_call"]
+__all__ = ["TORCH_DTYPES", "Inputs", "Reference", "Verdict", "make_inputs", "verify", "with_temperature", "timed_call"]
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SAMPLE_ELEMENTS = 2**22
@@ -356,6 +356,17 @@ def verify(inputs: Inputs, reference: Reference, fn) -> dict[str, Verdict]:
     grads = torch.autograd.grad(out, mine.differentiable, mine.dy, allow_unused=True)
     backward = reference.gradient(grads, out)
     return {"forward": forward, "backward": backward, "forward+backward": with_grad.worse(backward)}
+
+
+def with_temperature(impl, temperature: float):
+    """impl's function on logits / temperature: through its own `temperature` option when it
+    takes one (Impl.options), else by dividing the logits first, in their dtype, as a user of
+    that provider would write it."""
+    if temperature == 1.0:
+        return impl.fn
+    if "temperature" in impl.options:
+        return lambda *args: impl.fn(*args, temperature=temperature)
+    return lambda x, *rest: impl.fn(x / temperature, *rest)
 
 
 def timed_call(inputs: Inputs, fn, direction: str):

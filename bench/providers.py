@@ -34,7 +34,10 @@ benchmark's device and returns a tensor that torch autograd can differentiate:
                                                hidden and weight (no bias)
 
 Wrap the function in Impl to exclude directions it cannot be timed in alone (for example a
-backward pass that only rescales a gradient computed during forward) and to add a note.
+backward pass that only rescales a gradient computed during forward), to add a note, or to say
+which keyword options it takes natively (`options=("temperature",)`: fn(..., temperature=T)
+computes the op on logits / T; without it the stability study divides the logits first, as a
+user of that provider would).
 
 Built-in providers: softlight, torch (eager), torch.compile, liger (Liger-Kernel) and quack,
 the last two only when importable. Other providers come from `--provider MODULE:ATTR` (or
@@ -60,6 +63,7 @@ class Impl:
     fn: Callable
     directions: tuple[str, ...] = DIRECTIONS
     note: str = ""
+    options: tuple[str, ...] = ()  # keyword options fn takes natively: "temperature"
 
     def __post_init__(self):
         if not callable(self.fn):
@@ -100,12 +104,13 @@ def _softlight(op):
         return Impl(softlight.linear_cross_entropy, directions=_GRADIENT_IN_FORWARD,
                     note="softlight computes a mean loss's gradients during forward; its backward only rescales "
                          "them, so it is not timed alone")
-    return {
-        "softmax": lambda x: softlight.softmax(x, -1),
-        "log_softmax": lambda x: softlight.log_softmax(x, -1),
+    fn = {
+        "softmax": lambda x, temperature=1.0: softlight.softmax(x, -1, temperature=temperature),
+        "log_softmax": lambda x, temperature=1.0: softlight.log_softmax(x, -1, temperature=temperature),
         "cross_entropy": softlight.cross_entropy,
         "token_logprobs": softlight.token_logprobs,
     }[op]
+    return Impl(fn, options=("temperature",))  # fused into the kernels
 
 
 def _torch_token_logprobs(logits, ids):

@@ -22,13 +22,16 @@ import mpmath
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 import softlight
 from softlight import reference as ref
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OPS = ("softmax", "log_softmax", "cross_entropy")
+from . import ops, providers
+from .spec import ROW_OPS
+
+DTYPES = {name: ops.TORCH_DTYPES[name] for name in ("float32", "float16", "bfloat16")}
+# The row ops the catalogue covers (token_logprobs' outputs are one number a row: not yet).
+OPS = tuple(op for op in ROW_OPS if op != "token_logprobs")
 MANTISSA_BITS = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 EXACT_DIGITS = 50
 INF = float("inf")
@@ -250,31 +253,28 @@ def float64_reference(op, x, t, dy, T, naive=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# Providers: each returns (forward, backward) as tensors in its own output dtypes.
+# Providers: the benchmark's own (bench/providers.py), run through its Inputs (bench/ops.py).
+
+PROVIDERS = ("softlight", "torch")
 
 
-def run_softlight(op, x, t, dy, T):
-    xg = x.clone().requires_grad_()
-    if op == "cross_entropy":
-        out = softlight.cross_entropy(xg, t, reduction="none", temperature=T)
-        out.backward(torch.ones_like(out))
-    else:
-        out = getattr(softlight, op)(xg, -1, temperature=T)
-        out.backward(dy)
-    return out.detach(), xg.grad
-
-
-def run_torch(op, x, t, dy, T):
-    """torch as a user would write it: logits / T in the logits' dtype."""
-    xg = x.clone().requires_grad_()
-    z = xg / T if T != 1.0 else xg
-    if op == "cross_entropy":
-        out = F.cross_entropy(z, t, reduction="none")
-        out.backward(torch.ones_like(out))
-    else:
-        out = getattr(torch, op)(z, -1)
-        out.backward(dy)
-    return out.detach(), xg.grad
+def run_provider(provider, op, x, t, dy, T):
+    """(forward, backward) of a benchmark provider on the case's rows, as tensors in its own output
+    dtypes. A provider's cross_entropy is the mean over the rows it gets, so it gets one row at a
+    time: that row's loss, and its gradient for an incoming gradient of 1."""
+    fn = ops.with_temperature(provider.implementation(op), T)
+    if op != "cross_entropy":
+        inputs = ops.Inputs(op, x.clone().requires_grad_(), dy=dy)
+        out = inputs.call(fn)
+        (grad,) = torch.autograd.grad(out, inputs.differentiable, inputs.dy)
+        return out.detach(), grad
+    losses, grads = [], []
+    for i in range(x.shape[0]):
+        inputs = ops.Inputs(op, x[i:i + 1].clone().requires_grad_(), target=t[i:i + 1])
+        out = inputs.call(fn)
+        losses.append(out.detach().reshape(1))
+        grads += torch.autograd.grad(out, inputs.differentiable)
+    return torch.cat(losses), torch.cat(grads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,9 +335,9 @@ def run_study(dtypes=None, cases=None, device=None, seed=0):
                     "naive reference (float64)": [(torch.float64, v) for v in naive],
                     "stable reference (float64)": [(torch.float64, v) for v in stable],
                 }
-                for provider, run in (("softlight", run_softlight), ("torch", run_torch)):
-                    fwd, bwd = run(op, x, t, dy, case.temperature)
-                    results[provider] = [(fwd.dtype, fwd.double().cpu().numpy()), (bwd.dtype, bwd.double().cpu().numpy())]
+                for name in PROVIDERS:
+                    fwd, bwd = run_provider(providers.BUILTIN[name], op, x, t, dy, case.temperature)
+                    results[name] = [(fwd.dtype, fwd.double().cpu().numpy()), (bwd.dtype, bwd.double().cpu().numpy())]
                 for provider, outputs in results.items():
                     for direction, (out_dtype, values), exact_values in zip(("forward", "backward"), outputs,
                                                                             (exact_fwd, exact_bwd)):
@@ -351,9 +351,6 @@ def run_study(dtypes=None, cases=None, device=None, seed=0):
 
 # ---------------------------------------------------------------------------------------------
 # Report
-
-PROVIDERS = ("softlight", "torch", "naive reference (float64)", "stable reference (float64)")
-
 
 def _fmt_ulps(v):
     if not np.isfinite(v):

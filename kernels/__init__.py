@@ -11,12 +11,13 @@ softlight.reference is the float64 NumPy reference the kernels are checked again
 softlight.bench the benchmark and report tools.
 """
 
-from .launch import INTERPRETED, launch_config
-from .fused_cross_entropy import CrossEntropyLoss, cross_entropy
-from .fused_linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy
-from .fused_softmax import LogSoftmax, Softmax, log_softmax, softmax
-from .fused_token_logprobs import linear_token_logprobs, token_logprobs
+from .cross_entropy_op import CrossEntropyLoss, cross_entropy
+from .launch import INTERPRETED, LaunchPolicy, launch_config, use_policy
+from .linear_cross_entropy_op import LinearCrossEntropyLoss, linear_cross_entropy
+from .linear_token_logprobs_op import linear_token_logprobs
+from .softmax_op import LogSoftmax, Softmax, log_softmax, softmax
 from .swap import swap_modules
+from .token_logprobs_op import token_logprobs
 
 __version__ = "0.1.0"
 
@@ -33,5 +34,7 @@ __all__ = [
     "linear_token_logprobs",
     "swap_modules",
     "launch_config",
+    "use_policy",
+    "LaunchPolicy",
     "INTERPRETED",
 ]

@@ -17,37 +17,37 @@ per token, and, when the weight is fp16 or bf16, an fp32 accumulator for its gra
 bytes, alive only while the gradient is being summed; summing in the weight's own dtype would
 round the running sum once per chunk and lose the last ulps the unfused matmul keeps).
 
-The argument checks the memory-lean functions share are here too.
+The two linear losses' ops (kernels/linear_cross_entropy_op.py, kernels/linear_token_logprobs_op.py)
+drive the row engines of cross-entropy and token log-probabilities through these pieces.
 """
+
+import contextlib
 
 import torch
 import triton
 
-from .launch import INTERPRETED, check_device, check_float_tensor
+from . import launch
 
-__all__ = ["MIN_CHUNK_ROWS", "chunk_rows", "chunk_slices", "linear", "LinearGradients", "check_linear", "check_indices",
-           "check_chunk_size"]
-
-# The fewest rows a chunk gets by default: fewer would leave the matmuls too small to fill a GPU.
-MIN_CHUNK_ROWS = 256
+__all__ = ["chunk_rows", "chunk_slices", "linear", "LinearGradients", "placeholder"]
 
 
 def chunk_rows(n_rows: int, n_hidden: int, n_vocab: int, chunk_size: int | None = None) -> int:
     """Rows per chunk. By default a chunk's logits take about as many elements as the hidden
-    states of all N tokens (N x H, which the model holds anyway), and at least MIN_CHUNK_ROWS
-    rows; `chunk_size` overrides that. Never more than n_rows (but at least 1).
+    states of all N tokens (N x H, which the model holds anyway), and at least the launch
+    policy's min_chunk_rows rows; `chunk_size` overrides that. Never more than n_rows (but at least 1).
 
     The trade-off: a larger chunk holds more logits at once; a smaller one costs more passes
     over the weight gradient's accumulator (one read and write of V x H per chunk)."""
     if chunk_size is None:
-        chunk_size = max(triton.cdiv(n_rows * n_hidden, max(n_vocab, 1)), MIN_CHUNK_ROWS)
+        chunk_size = max(triton.cdiv(n_rows * n_hidden, max(n_vocab, 1)), launch.policy().min_chunk_rows)
     return max(min(chunk_size, n_rows), 1)
 
 
 def _no_autocast(device: torch.device):
     """Every matmul here runs in the inputs' own dtype, as the checks promised, even inside an
-    autocast region (which would otherwise round the logits of fp32 inputs to lower precision)."""
-    return torch.autocast(device.type, enabled=False)
+    autocast region (which would otherwise round the logits of fp32 inputs to lower precision).
+    The meta device of the compile report's dry runs has no autocast to turn off."""
+    return contextlib.nullcontext() if device.type == "meta" else torch.autocast(device.type, enabled=False)
 
 
 def chunk_slices(n_rows: int, rows: int):
@@ -108,67 +108,6 @@ def _add_product(acc, a, b):
         acc[start:start + rows] += a[start:start + rows] @ b
 
 
-# ---------------------------------------------------------------------------------------------
-# Argument checks shared by the memory-lean functions.
-
-
-def check_linear(fn, hidden, weight, bias):
-    """Checks shared by the fused-linear functions: hidden (..., H), weight (V, H) and bias (V,) of
-    one floating dtype on one device. Returns V."""
-    check_float_tensor(fn, "hidden", hidden)
-    check_device(fn, "hidden", hidden)
-    check_float_tensor(fn, "weight", weight)
-    if hidden.dim() == 0:
-        raise ValueError(f"{fn}: hidden must be (..., H), with the hidden size last; got a 0-d tensor")
-    if weight.dim() != 2:
-        raise ValueError(f"{fn}: weight must be the output projection (V, H), got shape {tuple(weight.shape)}")
-    if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"{fn}: weight has hidden size {weight.shape[1]} (shape {tuple(weight.shape)}) but hidden has "
-                         f"{hidden.shape[-1]} (shape {tuple(hidden.shape)})")
-    if weight.shape[0] == 0:
-        raise ValueError(f"{fn}: weight has no rows: the vocabulary is empty")
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"{fn}: weight has dtype {weight.dtype} but hidden has {hidden.dtype}; they must match")
-    if weight.device != hidden.device:
-        raise RuntimeError(f"{fn}: weight is on {weight.device} but hidden is on {hidden.device}")
-    if bias is not None:
-        check_float_tensor(fn, "bias", bias)
-        if bias.shape != weight.shape[:1]:
-            raise ValueError(f"{fn}: bias must have shape ({weight.shape[0]},), one per row of weight, "
-                             f"got {tuple(bias.shape)}")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"{fn}: bias has dtype {bias.dtype} but hidden has {hidden.dtype}; they must match")
-        if bias.device != hidden.device:
-            raise RuntimeError(f"{fn}: bias is on {bias.device} but hidden is on {hidden.device}")
-    return weight.shape[0]
-
-
-def check_indices(fn, name, ids, hidden_like, n_classes, ignore_index=None):
-    """Class indices shaped like `hidden_like` without its last dim, on its device; on the CPU
-    (where checking costs no host-device synchronisation) every index not ignore_index must be in
-    [0, n_classes), else IndexError, as torch raises."""
-    if not isinstance(ids, torch.Tensor):
-        raise TypeError(f"{fn}: {name} must be a torch.Tensor of class indices, got {type(ids).__name__}")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{fn}: {name} must hold class indices (an integer dtype), got {ids.dtype}")
-    if ids.shape != hidden_like.shape[:-1]:
-        raise ValueError(f"{fn}: {name} must have shape {tuple(hidden_like.shape[:-1])} (the input's shape without its "
-                         f"last dim), got {tuple(ids.shape)}")
-    if ids.device != hidden_like.device:
-        raise RuntimeError(f"{fn}: {name} is on {ids.device} but the input is on {hidden_like.device}")
-    if INTERPRETED or ids.device.type == "cpu":
-        bad = (ids < 0) | (ids >= n_classes)
-        if ignore_index is not None:
-            bad &= ids != ignore_index
-        if bool(bad.any()):
-            raise IndexError(f"{fn}: {name} {int(ids[bad].flatten()[0])} is out of bounds for {n_classes} classes")
-
-
-def check_chunk_size(fn, chunk_size):
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"{fn}: chunk_size must be an int (rows per chunk) or None, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"{fn}: chunk_size must be >= 1, got {chunk_size}")
-    return chunk_size
+def placeholder(like: torch.Tensor) -> torch.Tensor:
+    """What an op returns in place of an output it did not compute (ops cannot return None)."""
+    return like.new_empty(0)

@@ -29,6 +29,12 @@ def log1p(v):
 
 
 @triton.jit
+def guard(m):
+    """The max to measure from: m itself, or 0 while every logit seen is -inf."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
 def block_state(x, mask, inv_temperature, AXIS: tl.constexpr):
     """(m, n, r) of the entries of x where mask holds, reduced along AXIS (x must be -inf where
     mask does not hold). NaN entries land in r, so NaN propagates; a block of -inf only has

@@ -2,8 +2,8 @@
 
 import torch
 
-from .fused_cross_entropy import CrossEntropyLoss
-from .fused_softmax import LogSoftmax, Softmax
+from .cross_entropy_op import CrossEntropyLoss
+from .softmax_op import LogSoftmax, Softmax
 
 __all__ = ["swap_modules"]
 

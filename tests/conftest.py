@@ -6,6 +6,7 @@ runs the compiled kernels on CUDA tensors; TRITON_INTERPRET=1 in the environment
 interpreter there too.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -35,6 +36,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+@pytest.fixture
+def launch_policy():
+    """Change knobs of the launch policy for the rest of the test: launch_policy(row_block_limit=16)
+    forces the streamed path, launch_policy(target_programs=64) the split one."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **changes: stack.enter_context(softlight.use_policy(**changes))
 
 
 @pytest.fixture(autouse=True)

@@ -87,9 +87,9 @@ def test_vocabulary_sizes(n_classes, dtype, device):
 
 @pytest.mark.parametrize("combo", [dict(), dict(label_smoothing=0.1, weight=True, z_loss=1e-3),
                                    dict(soft=True, softcap=8.0), dict(reduction="none", ignore_every=2)])
-def test_split_rows(combo, monkeypatch, device):
+def test_split_rows(combo, launch_policy, device):
     """Few rows: each row's vocabulary is split across programs and the partials combined."""
-    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 64)
+    launch_policy(target_programs=64)
     n_classes = 50257
     cfg = launch.launch_config(n_classes, stream=True)
     assert launch.split_count(3, n_classes, cfg.block, torch.device(device)) > 1
@@ -98,10 +98,10 @@ def test_split_rows(combo, monkeypatch, device):
     check_against_reference(x, target, w, **opts)
 
 
-def test_split_rows_with_a_block_per_split(monkeypatch, device):
-    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 1000)
-    monkeypatch.setattr(launch, "CHUNK", 64)
-    monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", 64)
+def test_split_rows_with_a_block_per_split(launch_policy, device):
+    launch_policy(target_programs=1000)
+    launch_policy(chunk=64)
+    launch_policy(row_block_limit=64)
     x, target, _ = make_inputs((2, 1000), torch.float32, device)
     x[0, :500] = float("-inf")  # whole splits that are all -inf must combine cleanly
     target[0] = 700
@@ -427,11 +427,11 @@ def test_return_lse_and_z_loss_with_every_option(combo, dtype, device):
 
 @pytest.mark.parametrize("combo", [dict(), dict(ignore_every=3, label_smoothing=0.1, weight=True),
                                    dict(soft=True, reduction="none", softcap=5.0)], ids=combo_id)
-def test_return_lse_and_z_loss_in_place_split_and_shapes(combo, monkeypatch, device):
+def test_return_lse_and_z_loss_in_place_split_and_shapes(combo, launch_policy, device):
     make, opts = split_options(combo, INPUT_OPTIONS)
     x, target, w = make_inputs((4, 9, 3), torch.float32, device, **make)
     check_extra_outputs(x, target, w, inplace=True, z_loss=1e-2, **opts)
-    monkeypatch.setattr(launch, "TARGET_PROGRAMS", 64)  # each row split across programs, then combined
+    launch_policy(target_programs=64)  # each row split across programs, then combined
     x, target, w = make_inputs((3, 5000), torch.float32, device, **make)
     check_extra_outputs(x, target, w, z_loss=1e-2, **opts)
     x, target, w = make_inputs((7,), torch.float32, device, **make)
@@ -455,22 +455,19 @@ def test_return_options_one_at_a_time_and_module(device):
 
 def test_return_lse_costs_no_extra_kernel_launch(monkeypatch, device):
     """The LSE and the z-loss term come from the forward kernel's own pass over the logits."""
-    from softlight import fused_cross_entropy
+    kernels = []
+    run = launch.run
 
-    calls = []
-    kernel = fused_cross_entropy.cross_entropy_forward_kernel
+    def counting(kernel, *args, **kwargs):
+        kernels.append(kernel.__name__)
+        run(kernel, *args, **kwargs)
 
-    class Counting:
-        def __getitem__(self, grid):
-            calls.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(fused_cross_entropy, "cross_entropy_forward_kernel", Counting())
+    monkeypatch.setattr(launch, "run", counting)
     x, target, _ = make_inputs((8, 100), torch.float32, device)
     softlight.cross_entropy(x, target, z_loss=1e-3)
-    plain = len(calls)
+    assert kernels == ["cross_entropy_forward_kernel"]
     softlight.cross_entropy(x, target, z_loss=1e-3, return_lse=True, return_z_loss=True)
-    assert plain == 1 and len(calls) == 2
+    assert kernels == ["cross_entropy_forward_kernel"] * 2
 
 
 def test_return_lse_under_torch_compile(device):

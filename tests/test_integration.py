@@ -5,6 +5,11 @@ import torch
 import torch.nn.functional as F
 
 import softlight
+from softlight.cross_entropy_rows import CrossEntropyOptions
+from softlight.linear_cross_entropy_op import LinearCrossEntropyOptions
+from softlight.linear_token_logprobs_op import LinearTokenLogprobsOptions
+from softlight.softmax_rows import SoftmaxOptions
+from softlight.token_logprobs_rows import TokenLogprobsOptions
 
 OPS = torch.ops.softlight
 
@@ -20,27 +25,117 @@ def sample_inputs(device):
 def test_opcheck_softmax_ops(name, device):
     x = torch.randn(3, 17, device=device, requires_grad=True)
     op = getattr(OPS, name).default
-    for args in ((x, -1, torch.float32, 1.0, False), (x.detach().t(), 0, torch.bfloat16, 0.5, True),
-                 (x, 0, torch.float32, 2.0, True)):
-        torch.library.opcheck(op, args)
+    log = name == "log_softmax"
+    for t, options in ((x, SoftmaxOptions(1, torch.float32, torch.float32, 1.0, log, False)),
+                       (x.detach().t(), SoftmaxOptions(0, torch.bfloat16, torch.float32, 0.5, log, True)),
+                       (x, SoftmaxOptions(0, torch.float32, torch.float32, 2.0, log, True))):
+        torch.library.opcheck(op, (t, options.encode()))
     y = getattr(softlight, name)(x)
-    torch.library.opcheck(getattr(OPS, f"{name}_backward").default, (y.detach(), torch.randn_like(y), -1, torch.float32, 1.0, False))
+    options = SoftmaxOptions(1, torch.float32, torch.float32, 1.0, log, False).encode()
+    torch.library.opcheck(getattr(OPS, f"{name}_backward").default, (y.detach(), torch.randn_like(y), options))
 
 
 def test_opcheck_cross_entropy_ops(device):
     x, target, weight = sample_inputs(device)
     probs = torch.softmax(torch.randn(4, 33, device=device), 1)
     op = OPS.cross_entropy.default
-    for args in ((x, target, None, "mean", -100, 0.0, 1.0, 0.0, None, "nan"),
-                 (x, target, weight, "none", -100, 0.1, 0.5, 1e-3, 20.0, "nan"),
-                 (x, probs, weight, "sum", -100, 0.2, 1.0, 0.0, None, "zero")):
-        torch.library.opcheck(op, args)
+    for args in ((x, target, None, CrossEntropyOptions()),
+                 (x, target, weight, CrossEntropyOptions(-100, 0.1, 0.5, 1e-3, 20.0, "none")),
+                 (x, probs, weight, CrossEntropyOptions(-100, 0.2, 1.0, 0.0, None, "sum", "zero"))):
+        torch.library.opcheck(op, (*args[:3], args[3].encode()))
+    options = CrossEntropyOptions(-100, 0.1, 1.0, 1e-3, 20.0, "mean").encode()
     with torch.no_grad():
-        loss, lse, *stats = op(x, target, weight, "mean", -100, 0.1, 1.0, 1e-3, 20.0, "nan")
+        loss, lse, *stats = op(x, target, weight, options)
     for grad_lse in (None, torch.randn_like(lse)):
-        torch.library.opcheck(OPS.cross_entropy_backward.default,
-                              (torch.ones_like(loss), grad_lse, x.detach(), target, weight, *stats, "mean", -100, 0.1,
-                               1.0, 20.0, "nan"))
+        args = (torch.ones_like(loss), grad_lse, x.detach(), target, weight, *stats, options)
+        torch.library.opcheck(OPS.cross_entropy_backward.default, args)
+        torch.library.opcheck(OPS.cross_entropy_backward_inplace.default, (*args[:2], x.detach().clone(), *args[3:]))
+
+
+def test_opcheck_token_logprobs_ops(device):
+    logits = torch.randn(2, 3, 40, device=device, requires_grad=True)
+    ids = torch.randint(0, 40, (2, 3), device=device)
+    for entropy in (False, True):
+        options = TokenLogprobsOptions(0.7, entropy).encode()
+        torch.library.opcheck(OPS.token_logprobs.default, (logits, ids, options))
+        with torch.no_grad():
+            logp, _, *stats = OPS.token_logprobs(logits, ids, options)
+        grad = torch.randn_like(logp)
+        torch.library.opcheck(OPS.token_logprobs_backward.default,
+                              (grad, grad if entropy else None, logits.detach(), ids, *stats, options))
+
+
+def test_opcheck_linear_ops(device):
+    hidden = torch.randn(2, 3, 8, device=device, requires_grad=True)
+    weight = torch.randn(30, 8, device=device, requires_grad=True)
+    bias = torch.randn(30, device=device, requires_grad=True)
+    target = torch.randint(0, 30, (2, 3), device=device)
+    target[0, 1] = -100
+    for reduction in ("mean", "none"):
+        ce = CrossEntropyOptions(label_smoothing=0.1, z_loss=1e-3, reduction=reduction)
+        options = LinearCrossEntropyOptions(**vars(ce), rows=4, needs=(True, True, True)).encode()
+        total = (target != -100).sum().float() if reduction == "mean" else None
+        torch.library.opcheck(OPS.linear_cross_entropy.default, (hidden, weight, bias, target, None, total, options))
+        with torch.no_grad():
+            out = OPS.linear_cross_entropy(hidden, weight, bias, target, None, total, options)
+        torch.library.opcheck(OPS.linear_cross_entropy_backward.default,
+                              (torch.randn(6, device=device), torch.randn(2, 3, device=device), hidden.detach(),
+                               weight.detach(), bias.detach(), target, None, *out[5:], options))
+    options = LinearTokenLogprobsOptions(1.0, True, rows=4, needs=(True, True, True)).encode()
+    torch.library.opcheck(OPS.linear_token_logprobs.default, (hidden, weight, bias, target.clamp(0), options))
+    with torch.no_grad():
+        logp, _, *stats = OPS.linear_token_logprobs(hidden, weight, bias, target.clamp(0), options)
+    torch.library.opcheck(OPS.linear_token_logprobs_backward.default,
+                          (torch.randn_like(logp), None, hidden.detach(), weight.detach(), bias.detach(),
+                           target.clamp(0), *stats, options))
+
+
+def _every_public_function(device):
+    """(name, function of the inputs that returns a scalar, inputs): each public function, with
+    its gradient paths (in-place backward, entropy, the linear forms) exercised."""
+    x = torch.randn(6, 40, device=device)
+    target = torch.randint(0, 40, (6,), device=device)
+    target[2] = -100
+    hidden = torch.randn(6, 8, device=device)
+    weight = torch.randn(40, 8, device=device) * 0.3
+    ids = target.clamp(0)
+    return [
+        ("softmax", lambda x: (softlight.softmax(x, -1, temperature=0.8) ** 2).sum(), (x,)),
+        ("log_softmax", lambda x: softlight.log_softmax(x, 0, masked_rows="zero").sum(), (x,)),
+        ("cross_entropy", lambda x: softlight.cross_entropy(x * 1.0, target, label_smoothing=0.1, z_loss=1e-3), (x,)),
+        ("cross_entropy inplace_backward",
+         lambda x: softlight.cross_entropy(x * 1.0, target, softcap=5.0, inplace_backward=True), (x,)),
+        ("cross_entropy return_lse",
+         lambda x: sum(t.sum() for t in softlight.cross_entropy(x, target, z_loss=1e-2, return_lse=True,
+                                                                return_z_loss=True)), (x,)),
+        ("token_logprobs", lambda x: softlight.token_logprobs(x, ids, temperature=0.9).sum(), (x,)),
+        ("token_logprobs entropy", lambda x: sum(t.sum() for t in softlight.token_logprobs(x, ids, return_entropy=True)),
+         (x,)),
+        ("linear_cross_entropy", lambda h, w: softlight.linear_cross_entropy(h, w, target, chunk_size=4), (hidden, weight)),
+        ("linear_cross_entropy none",
+         lambda h, w: softlight.linear_cross_entropy(h, w, target, reduction="none", return_lse=True)[1].sum(),
+         (hidden, weight)),
+        ("linear_token_logprobs",
+         lambda h, w: sum(t.sum() for t in softlight.linear_token_logprobs(h, w, ids, return_entropy=True,
+                                                                          chunk_size=4)), (hidden, weight)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_every_public_function_compiles_with_fullgraph(case, device):
+    """torch.compile(fullgraph=True) traces each public function (and its backward) with no
+    graph break; values and gradients equal eager's."""
+    torch._dynamo.reset()
+    name, fn, inputs = _every_public_function(device)[case]
+    eager_in = [t.clone().requires_grad_() for t in inputs]
+    compiled_in = [t.clone().requires_grad_() for t in inputs]
+    expected = fn(*eager_in)
+    expected_grads = torch.autograd.grad(expected, eager_in)
+    got = torch.compile(fn, fullgraph=True, backend="aot_eager")(*compiled_in)
+    grads = torch.autograd.grad(got, compiled_in)
+    torch.testing.assert_close(got, expected, msg=name)
+    for a, b in zip(grads, expected_grads):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 class TinyClassifier(torch.nn.Module):
@@ -146,8 +241,9 @@ def test_cuda_graph_captures_a_training_step():
 def test_torch_functional_equivalents(device):
     """The ops registered under torch.ops.softlight give what the public functions give."""
     x, target, weight = sample_inputs(device)
-    torch.testing.assert_close(OPS.softmax(x, -1, torch.float32, 1.0, False), softlight.softmax(x))
-    torch.testing.assert_close(OPS.cross_entropy(x, target, weight, "mean", -100, 0.0, 1.0, 0.0, None, "nan")[0],
+    options = SoftmaxOptions(1, torch.float32, torch.float32).encode()
+    torch.testing.assert_close(OPS.softmax(x, options), softlight.softmax(x))
+    torch.testing.assert_close(OPS.cross_entropy(x, target, weight, CrossEntropyOptions().encode())[0],
                                F.cross_entropy(x, target, weight))
 
 

@@ -31,14 +31,10 @@ def logits(draw, max_rows=4, max_cols=300, dtypes=DTYPES):
 
 @contextlib.contextmanager
 def block_limit(limit):
-    """Force streaming by lowering the longest row held on chip (hypothesis and monkeypatch do
-    not mix, hence by hand)."""
-    saved = launch.ROW_BLOCK_LIMIT, launch.CHUNK
-    launch.ROW_BLOCK_LIMIT, launch.CHUNK = limit, limit
-    try:
+    """Force streaming by lowering the longest row held on chip (a context manager, since
+    hypothesis and pytest's function-scoped fixtures do not mix)."""
+    with launch.use_policy(row_block_limit=limit, chunk=limit):
         yield
-    finally:
-        launch.ROW_BLOCK_LIMIT, launch.CHUNK = saved
 
 
 def eps(dtype):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import softlight
-from softlight import launch
+from softlight import launch, rows
 from softlight import reference as ref
 from softlight.reference import TOLERANCE, relative_error
 from support import DTYPES, assert_close, dtype_name, to_numpy
@@ -97,16 +97,16 @@ def test_strided_views_need_no_copy(device):
     views = strided_views(device)
     for name in ("transposed", "sliced", "expanded", "permuted"):
         for dim in range(3):
-            assert launch.row_layout(dim, views[name]) is not None, (name, dim)
-    assert launch.row_layout(-1, views["three row groups"]) is not None
-    assert launch.row_layout(1, views["three row groups"]) is None
+            assert rows.row_layout(dim, views[name]) is not None, (name, dim)
+    assert rows.row_layout(-1, views["three row groups"]) is not None
+    assert rows.row_layout(1, views["three row groups"]) is None
 
 
 def test_row_layout_of_contiguous_tensor(device):
     x = torch.empty(2, 3, 4, 5, device=device)
-    lay = launch.row_layout(1, x)
+    lay = rows.row_layout(1, x)
     assert (lay.n_outer, lay.n_inner, lay.n_cols, lay.strides) == (2, 20, 3, ((60, 1, 20),))
-    lay = launch.row_layout(3, x)
+    lay = rows.row_layout(3, x)
     assert (lay.n_outer, lay.n_inner, lay.n_cols, lay.strides) == (1, 24, 5, ((0, 5, 1),))
 
 
@@ -190,11 +190,11 @@ def _bf16_nearest(v: float) -> float:
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_streamed_path_when_block_is_small(op, monkeypatch, device):
+def test_streamed_path_when_block_is_small(op, launch_policy, device):
     """Forcing a tiny row limit sends short rows down the online (streamed) path."""
     x = torch.randn(3, 1000, device=device).mul(5)
     single = OPS[op][0](x)
-    monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", 16)
+    launch_policy(row_block_limit=16)
     assert not launch.launch_config(1000).single_block
     streamed = check_forward_backward(op, x)
     assert_close(streamed, to_numpy(single), what="streamed vs single block")
@@ -217,9 +217,9 @@ def edge_rows(device, n_cols=40):
 @pytest.mark.parametrize("row_limit", [None, 16])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("op", OPS)
-def test_non_finite_rows_match_torch(op, dtype, row_limit, monkeypatch, device):
+def test_non_finite_rows_match_torch(op, dtype, row_limit, launch_policy, device):
     if row_limit:
-        monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", row_limit)
+        launch_policy(row_block_limit=row_limit)
     fn, _, _, torch_fn = OPS[op]
     x = edge_rows(device).to(dtype)
     xs, xt = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -256,9 +256,9 @@ def test_zero_dim_tensor(op, device):
 
 @pytest.mark.parametrize("row_limit", [None, 4])
 @pytest.mark.parametrize("op", OPS)
-def test_gradcheck_float64(op, row_limit, monkeypatch, device):
+def test_gradcheck_float64(op, row_limit, launch_policy, device):
     if row_limit:
-        monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", row_limit)
+        launch_policy(row_block_limit=row_limit)
     fn = OPS[op][0]
     x = torch.randn(3, 7, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: fn(t, -1, temperature=0.8), (x,))
@@ -314,11 +314,11 @@ def test_offsets_past_2_31(op):
 
 @pytest.mark.parametrize("row_limit", [None, 16])
 @pytest.mark.parametrize("op", OPS)
-def test_masked_rows_zero(op, row_limit, monkeypatch, device):
+def test_masked_rows_zero(op, row_limit, launch_policy, device):
     """masked_rows="zero": a row of -inf gives probability 0 (log 0 = -inf) with zero gradient;
     every other row is exactly what the default gives."""
     if row_limit:
-        monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", row_limit)
+        launch_policy(row_block_limit=row_limit)
     fn = OPS[op][0]
     x = edge_rows(device)
     x[3, 7] = 0.0  # no NaN here: NaN rows stay NaN in both modes
@@ -349,10 +349,10 @@ def test_masked_rows_zero_double_backward(op, device):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_a_streamed_chunk_of_only_masked_entries(op, monkeypatch, device):
+def test_a_streamed_chunk_of_only_masked_entries(op, launch_policy, device):
     """A chunk whose real entries are all -inf (and whose tail is padding) must add nothing:
     exp(-inf - (-inf)) on the padding would be NaN."""
-    monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", 16)
+    launch_policy(row_block_limit=16)
     x = torch.randn(3, 40, device=device)
     x[0, 32:] = float("-inf")  # the last chunk: 8 masked entries, 8 of padding
     x[1, :16] = float("-inf")  # the first chunk entirely masked

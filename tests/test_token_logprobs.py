@@ -63,10 +63,10 @@ def test_vocabulary_sizes(n_vocab, device):
     check_against_reference(logits, ids, temperature=1.3)
 
 
-def test_streamed_rows_whose_max_grows_block_after_block(monkeypatch, device):
+def test_streamed_rows_whose_max_grows_block_after_block(launch_policy, device):
     """Small blocks, so A and d are rescaled many times; logits rising along the row move the max
     in every block, and a large offset checks that nothing cancels."""
-    monkeypatch.setattr(launch, "CHUNK", 64)
+    launch_policy(chunk=64)
     logits = torch.linspace(-20, 20, 1000, device=device).repeat(3, 1) + torch.randn(3, 1000, device=device)
     logits[1] += 5000.0
     logits[2, :700] = float("-inf")
