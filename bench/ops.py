@@ -164,7 +164,7 @@ def _tolerance(dtype: torch.dtype, what: str) -> Verdict | float:
 class Reference:
     """The float64 reference on one case's inputs, computed once and shared by every provider.
 
-    Each output is held to the tolerance of its own dtype (numerics contract in DESIGN.md): a
+    Each output is held to the tolerance of its own dtype (the README's Numerics section): a
     bf16 loss to bf16's, softlight's float32 loss to float32's.
     """
 

@@ -5,7 +5,8 @@
 # - PYTHON=/path/to/python make test: use that interpreter.
 # - A python3 that already imports torch and triton (a GPU machine, maybe with no package
 #   index): install into it, offline, reusing its torch and triton. A virtual environment made
-#   from it would not see them (see DESIGN.md), so none is made.
+#   from it would not see them (--system-site-packages from inside another virtual environment
+#   sees the base interpreter's packages, not the outer environment's), so none is made.
 # - Otherwise: a .venv here. Without an NVIDIA GPU it gets the CPU build of torch
 #   (torch==2.13.0), never the CUDA packages a plain `pip install torch` pulls.
 set -euo pipefail
