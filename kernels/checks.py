@@ -174,8 +174,10 @@ def index_range(fn: str, name: str, ids: torch.Tensor, n_classes: int, ignore_in
     if ignore_index is not None:
         bad &= ids != ignore_index
     if bool(bad.any()):
-        ignored = f" (ignore_index={ignore_index})" if ignore_index is not None else ""
-        raise IndexError(f"{fn}: {name} {int(ids[bad].flatten()[0])} is out of bounds for {n_classes} classes{ignored}")
+        value, where = int(ids[bad].flatten()[0]), tuple(int(i) for i in bad.nonzero()[0])
+        valid = f"0 to {n_classes - 1}" + (f", or ignore_index={ignore_index}" if ignore_index is not None else "")
+        raise IndexError(f"{fn}: {name} {value} is out of bounds for {n_classes} classes (at {name}[{where}]; "
+                         f"valid: {valid})")
 
 
 def logits(fn: str, name: str, t, class_dim: int) -> int:
@@ -199,10 +201,16 @@ def cross_entropy_target(fn: str, target, input: torch.Tensor) -> None:
         raise TypeError(f"{fn}: target must be a torch.Tensor, got {type(target).__name__}")
     if target.device != input.device:
         raise RuntimeError(f"{fn}: target is on {target.device} but input is on {input.device}")
+    row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size()
     if target.is_floating_point():
+        if target.shape == row_shape:
+            raise TypeError(f"{fn}: target has shape {tuple(target.shape)}, the shape of class indices, but dtype "
+                            f"{target.dtype}: class indices must be an integer dtype (class probabilities would "
+                            f"have the input's shape {tuple(input.shape)})")
         if target.shape != input.shape:
             raise ValueError(f"{fn}: class-probability target must have the input's shape {tuple(input.shape)}, "
-                             f"got {tuple(target.shape)}")
+                             f"got {tuple(target.shape)} (class indices, an integer dtype, would have shape "
+                             f"{tuple(row_shape)})")
         if target.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{fn}: class-probability target must be float16, bfloat16, float32 or float64, "
                             f"got {target.dtype}")
@@ -210,7 +218,6 @@ def cross_entropy_target(fn: str, target, input: torch.Tensor) -> None:
     if target.dtype == torch.bool or target.is_complex():
         raise TypeError(f"{fn}: target must hold class indices (an integer dtype) or class probabilities "
                         f"(a floating dtype), got {target.dtype}")
-    row_shape = input.shape[:1] + input.shape[2:] if input.dim() > 1 else torch.Size()
     if target.shape != row_shape:
         if target.shape == input.shape:
             raise TypeError(f"{fn}: target has the input's shape, as class probabilities do, but dtype "

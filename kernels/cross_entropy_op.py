@@ -229,6 +229,9 @@ class CrossEntropyLoss(torch.nn.Module):
     """Drop-in for torch.nn.CrossEntropyLoss (same arguments, in the same order, including the
     deprecated size_average and reduce), with softlight's extra options as keywords."""
 
+    def _get_name(self):  # the repr says whose module this is
+        return f"softlight.{type(self).__name__}"
+
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0, *, temperature=1.0, z_loss=0.0, softcap=None, inplace_backward=False,
                  all_ignored="nan", return_lse=False, return_z_loss=False):

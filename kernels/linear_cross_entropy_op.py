@@ -264,6 +264,9 @@ class LinearCrossEntropyLoss(torch.nn.Module):
     """Module form of `linear_cross_entropy`: `criterion(hidden, weight, target, bias=None,
     num_items=None)`, with the options fixed at construction."""
 
+    def _get_name(self):  # the repr says whose module this is
+        return f"softlight.{type(self).__name__}"
+
     def __init__(self, ignore_index=-100, reduction="mean", label_smoothing=0.0, *, z_loss=0.0, softcap=None,
                  temperature=1.0, class_weight=None, chunk_size=None, return_lse=False, return_z_loss=False):
         super().__init__()

@@ -38,7 +38,7 @@ def linear_token_logprobs_op(hidden: torch.Tensor, weight: torch.Tensor, bias: t
     """LogprobStats of every token, shaped like ids (placeholders for the entropy and E without it)."""
     o = LinearTokenLogprobsOptions.decode(options)
     if not launch.is_dry_run():
-        checks.index_range(FN, "ids", ids, weight.shape[0])
+        checks.index_range(FN, "ids", ids, weight.shape[0], o.ignore_index)
     flat_ids = ids.reshape(-1)
     h = hidden.reshape(flat_ids.shape[0], hidden.shape[-1])
     stats = empty_stats(flat_ids.shape, h.dtype, h.device, o.entropy)
@@ -103,7 +103,8 @@ def _autograd_backward(ctx, grad_logp, grad_entropy, *_):
 linear_token_logprobs_op.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
-def linear_token_logprobs(hidden, weight, ids, bias=None, *, temperature=1.0, return_entropy=False, chunk_size=None):
+def linear_token_logprobs(hidden, weight, ids, bias=None, *, temperature=1.0, return_entropy=False, chunk_size=None,
+                          ignore_index=-100):
     """token_logprobs(hidden @ weight.T + bias, ids, ...) with gradients for hidden, weight and
     bias, never holding the (N, V) logits: they are made, used and dropped a chunk of tokens at a
     time (forward, then again in backward, which recomputes them).
@@ -111,7 +112,7 @@ def linear_token_logprobs(hidden, weight, ids, bias=None, *, temperature=1.0, re
     hidden: (..., H); weight: (V, H); bias: (V,) or None (one floating dtype and device); ids:
     (...) token ids, hidden's shape without H. Returns logp shaped like ids, or (logp, entropy)
     with return_entropy=True, float32 (float64 for float64 inputs). chunk_size: rows per chunk
-    (default: see `linear_chunks.chunk_rows`).
+    (default: see `linear_chunks.chunk_rows`). ignore_index: as in `token_logprobs` (0, no gradient).
     """
     n_classes = checks.linear(FN, hidden, weight, bias)
     checks.class_indices(FN, "ids", ids, hidden.shape[:-1], hidden.device, "the input's shape without its last dim")
@@ -119,6 +120,7 @@ def linear_token_logprobs(hidden, weight, ids, bias=None, *, temperature=1.0, re
     o = LinearTokenLogprobsOptions(
         inv_temperature=1.0 / checks.temperature(FN, temperature),
         entropy=checks.flag(FN, "return_entropy", return_entropy),
+        ignore_index=checks.integer(FN, "ignore_index", ignore_index),
         rows=chunk_rows(ids.numel(), hidden.shape[-1], n_classes, checks.chunk_size(FN, chunk_size)),
         needs=tuple(grad_mode and t is not None and t.requires_grad for t in (hidden, weight, bias)),
     )

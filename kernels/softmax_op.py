@@ -119,6 +119,9 @@ def _module_dim(dim, ndim, name):
 class Softmax(torch.nn.Module):
     """Drop-in for torch.nn.Softmax, with softlight's `dtype`, `temperature` and `masked_rows` options."""
 
+    def _get_name(self):  # the repr says whose module this is
+        return f"softlight.{type(self).__name__}"
+
     def __init__(self, dim: int | None = None, *, dtype: torch.dtype | None = None, temperature: float = 1.0,
                  masked_rows: str = "nan"):
         super().__init__()

@@ -22,13 +22,14 @@ def _replacement(module):
     return None
 
 
-def swap_modules(model: torch.nn.Module, verbose: bool = True) -> list[str]:
+def swap_modules(model: torch.nn.Module, verbose: bool = False) -> list[str]:
     """Replace every torch.nn.Softmax, LogSoftmax and CrossEntropyLoss inside `model` (its
     submodules, at any depth) by softlight's, with the same arguments. Subclasses of those
     modules are left alone (they may change what forward does).
 
     Returns one line per replacement, "<qualified name>: <torch class> -> <softlight class>", and
-    prints them unless verbose=False; an empty list means nothing was replaced.
+    prints them too with verbose=True; an empty list means nothing was replaced. A swapped module's
+    repr says softlight (`softlight.Softmax(dim=1)`).
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"softlight.swap_modules: model must be a torch.nn.Module, got {type(model).__name__}")

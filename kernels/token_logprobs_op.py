@@ -32,7 +32,7 @@ def token_logprobs_op(logits: torch.Tensor, ids: torch.Tensor, options: str
     entropy and E without options' entropy."""
     o = TokenLogprobsOptions.decode(options)
     if not launch.is_dry_run():
-        checks.index_range(FN, "ids", ids, logits.shape[-1])
+        checks.index_range(FN, "ids", ids, logits.shape[-1], o.ignore_index)
     stats = logprob_rows(logits, ids, o)
     return tuple(placeholder(stats.logp) if s is None else s for s in stats)
 
@@ -74,7 +74,7 @@ def outputs(logp, entropy, return_entropy: bool):
     return (logp, entropy) if return_entropy else logp
 
 
-def token_logprobs(logits, ids, *, temperature=1.0, return_entropy=False):
+def token_logprobs(logits, ids, *, temperature=1.0, return_entropy=False, ignore_index=-100):
     """log softmax(logits / temperature) at `ids`, one value per row, and optionally each row's
     entropy -sum_c p_c log p_c; differentiable in the logits, in one pass without an (N, V)
     log-softmax.
@@ -82,13 +82,16 @@ def token_logprobs(logits, ids, *, temperature=1.0, return_entropy=False):
     logits: (..., V), the vocabulary last; ids: (...) token ids (any integer dtype), logits' shape
     without V. Returns logp shaped like ids, or (logp, entropy) with return_entropy=True; float32
     (float64 for float64 logits). -inf logits are masked-out tokens: they add 0 to the entropy
-    (torch's -(p * log p).sum() gives NaN there; torch.special.entr agrees with us). An id outside
-    [0, V) raises IndexError on the CPU; on a GPU its row's log-probability is NaN.
+    (torch's -(p * log p).sum() gives NaN there; torch.special.entr agrees with us). Positions
+    whose id is `ignore_index` (prompt or padding tokens in RL code) give 0 for both outputs and
+    pass no gradient. Any other id outside [0, V) raises IndexError on the CPU; on a GPU its row's
+    log-probability is NaN.
     """
     checks.logits(FN, "logits", logits, class_dim=-1)
     checks.class_indices(FN, "ids", ids, logits.shape[:-1], logits.device, "the input's shape without its last dim")
     o = TokenLogprobsOptions(inv_temperature=1.0 / checks.temperature(FN, temperature),
-                             entropy=checks.flag(FN, "return_entropy", return_entropy))
+                             entropy=checks.flag(FN, "return_entropy", return_entropy),
+                             ignore_index=checks.integer(FN, "ignore_index", ignore_index))
     logp, entropy, *_ = token_logprobs_op(logits, ids, o.encode())
     return outputs(logp, entropy, o.entropy)
 

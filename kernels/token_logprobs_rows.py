@@ -21,6 +21,7 @@ __all__ = ["TokenLogprobsOptions", "LogprobStats", "empty_stats", "logprob_rows"
 class TokenLogprobsOptions(Options):
     inv_temperature: float = 1.0
     entropy: bool = False  # also each row's entropy
+    ignore_index: int = -100  # ids equal to it give 0 (log p and entropy) and pass no gradient
 
 
 class LogprobStats(NamedTuple):
@@ -43,8 +44,11 @@ def empty_stats(shape, dtype, device, entropy: bool) -> LogprobStats:
 
 
 def logprob_rows(x, ids, o: TokenLogprobsOptions) -> LogprobStats:
-    """log softmax(x / T)[ids] of each row of x (..., V), and its entropy when o.entropy."""
+    """log softmax(x / T)[ids] of each row of x (..., V), and its entropy when o.entropy; 0 for
+    both where ids is o.ignore_index (prompt and padding positions)."""
     stats = empty_stats(ids.shape, x.dtype, x.device, o.entropy)
+    kept = ids != o.ignore_index
+    ids = torch.where(kept, ids, 0)  # the kernels see a valid id; its row's outputs are zeroed below
     views = row_views(-1, x, per_row={"ids": ids})
     layout = views.layout
     if layout.n_rows:
@@ -58,13 +62,20 @@ def logprob_rows(x, ids, o: TokenLogprobsOptions) -> LogprobStats:
             ENTROPY=o.entropy, PRECISE=x.dtype == torch.float32, BLOCK=cfg.block, ACC=launch.accumulator(x.dtype),
             num_warps=cfg.num_warps,
         )
+    for out in (stats.logp, stats.entropy):
+        if out is not None:
+            out.masked_fill_(~kept, 0.0)
     return stats
 
 
 def logprob_grad_rows(x, ids, o: TokenLogprobsOptions, stats: LogprobStats, grad_logp, grad_entropy, out):
     """Write d/dx of sum(grad_logp * logp + grad_entropy * entropy) into `out` (shaped like x; it
     may be x itself). grad_logp / grad_entropy: shaped like ids (broadcast views welcome), or None
-    for no gradient."""
+    for no gradient. Rows whose id is o.ignore_index get no gradient (0, for finite logits)."""
+    kept = ids != o.ignore_index
+    ids = torch.where(kept, ids, 0)
+    grad_logp = None if grad_logp is None else torch.where(kept, grad_logp, 0.0)
+    grad_entropy = None if grad_entropy is None else torch.where(kept, grad_entropy, 0.0)
     per_row = {"ids": ids}
     if grad_logp is not None:
         per_row["grad_logp"] = grad_logp

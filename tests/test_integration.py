@@ -270,7 +270,7 @@ def test_swap_modules_replaces_and_says_what(device, capsys):
     h = torch.randn(5, 8, device=device)
     target = torch.tensor([0, 3, 7, 32, 3], device=device)
     before = model.loss(model[0](h), target)
-    replaced = softlight.swap_modules(model)
+    replaced = softlight.swap_modules(model, verbose=True)
     assert sorted(replaced) == [
         "1.0: torch.nn.LogSoftmax -> softlight.LogSoftmax",
         "2: torch.nn.Softmax -> softlight.Softmax",
@@ -278,7 +278,11 @@ def test_swap_modules_replaces_and_says_what(device, capsys):
     ]
     assert "replaced 3 module(s)" in capsys.readouterr().out
     assert isinstance(model.loss, softlight.CrossEntropyLoss) and model.loss.ignore_index == 3
+    assert repr(model[2]) == "softlight.Softmax(dim=1)" and repr(torch.nn.Softmax(dim=1)) == "Softmax(dim=1)"
     torch.testing.assert_close(model.loss(model[0](h), target), before)
-    assert softlight.swap_modules(model, verbose=False) == []
+    model.extra = torch.nn.Softmax(dim=0)
+    assert softlight.swap_modules(model) == ["extra: torch.nn.Softmax -> softlight.Softmax"]
+    assert capsys.readouterr().out == ""  # quiet by default
+    assert softlight.swap_modules(model) == []
     with pytest.raises(TypeError, match="model is itself a Softmax"):
         softlight.swap_modules(torch.nn.Softmax(-1))

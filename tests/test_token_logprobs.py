@@ -245,3 +245,43 @@ def test_out_of_range_id_gives_nan_on_gpu():
     logits = torch.randn(3, 10, device="cuda")
     logp = softlight.token_logprobs(logits, torch.tensor([0, 10, -4], device="cuda"))
     assert torch.isfinite(logp[0]) and torch.isnan(logp[1:]).all()
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_ignored_positions_give_zero_and_no_gradient(linear, device):
+    """ids equal to ignore_index (prompt and padding positions) give 0 for log p and the entropy
+    and no gradient; the other rows are exactly what they are without any ignored."""
+    hidden = torch.randn(2, 5, 8, device=device)
+    weight = torch.randn(60, 8, device=device)
+    ids = torch.randint(0, 60, (2, 5), device=device)
+    for ignore_index in (-100, 7):
+        masked = torch.where(ids == ignore_index, 0, ids)
+        masked[0, :3] = ignore_index
+        masked[1, 4] = ignore_index
+        ignored = masked == ignore_index
+
+        def run(ids_):
+            h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+            if linear:
+                out = softlight.linear_token_logprobs(h, w, ids_, return_entropy=True, chunk_size=3,
+                                                      ignore_index=ignore_index)
+            else:
+                out = softlight.token_logprobs(h @ w.T, ids_, return_entropy=True, ignore_index=ignore_index)
+            (out[0] * 2 + out[1]).sum().backward()
+            return out, h.grad
+
+        (logp, entropy), grad = run(masked)
+        (logp_all, entropy_all), _ = run(torch.where(ignored, ids, masked))
+        assert torch.equal(logp[ignored], torch.zeros_like(logp[ignored]))
+        assert torch.equal(entropy[ignored], torch.zeros_like(entropy[ignored]))
+        assert torch.equal(logp[~ignored], logp_all[~ignored]) and torch.equal(entropy[~ignored], entropy_all[~ignored])
+        assert torch.equal(grad[ignored].abs(), torch.zeros_like(grad[ignored]))
+        assert grad[~ignored].abs().sum() > 0
+
+
+def test_out_of_range_message_gives_value_position_and_valid_range(device):
+    logits = torch.randn(2, 3, 10, device=device)
+    ids = torch.tensor([[0, 1, 2], [3, 70, 4]], device=device)
+    with pytest.raises(IndexError, match=r"ids 70 is out of bounds for 10 classes \(at ids\[\(1, 1\)\]; "
+                                         r"valid: 0 to 9, or ignore_index=-100\)"):
+        softlight.token_logprobs(logits, ids)
