@@ -30,6 +30,14 @@ def rounded(ref, dtype: torch.dtype) -> np.ndarray:
     return torch.from_numpy(np.asarray(ref, dtype=np.float64)).to(dtype).double().numpy()
 
 
+def incoming_gradient(like: torch.Tensor) -> torch.Tensor:
+    """A random incoming gradient shaped like `like`: magnitude 0.5 to 2, either sign. Never near
+    zero: a tiny one scales a float16 gradient into the subnormal range, where even the correctly
+    rounded result misses the tolerance (test_matches_torch failed 1.5% of runs on randn's)."""
+    sign = torch.randint(0, 2, like.shape, device=like.device) * 2 - 1
+    return (sign * torch.empty(like.shape, device=like.device).uniform_(0.5, 2.0)).to(like.dtype)
+
+
 def split_options(combo: dict, input_keys: tuple[str, ...]) -> tuple[dict, dict]:
     """A test's option combination split into what shapes the inputs (`input_keys`) and what is
     passed to the op."""

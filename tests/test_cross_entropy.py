@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import softlight
 from softlight import launch
 from softlight import reference as ref
-from support import DTYPES, assert_close, combo_id, rounded, split_options, to_numpy
+from support import DTYPES, assert_close, combo_id, incoming_gradient, rounded, split_options, to_numpy
 from test_reference_cross_entropy import torch_cross_entropy
 
 LOSS_TOLERANCE = 1e-5  # the loss is fp32 and within this of float64, whatever the logits dtype
@@ -143,7 +143,7 @@ def test_matches_torch(dtype, device):
         ours = softlight.cross_entropy(xs, target, **opts)
         theirs = F.cross_entropy(xt, target, **opts)
         assert_close(ours, to_numpy(theirs), dtype=torch.float32 if dtype == torch.float32 else dtype)
-        g = torch.randn_like(ours)
+        g = incoming_gradient(ours)
         ours.backward(g)
         theirs.backward(g)
         assert_close(xs.grad, to_numpy(xt.grad))
