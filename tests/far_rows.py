@@ -28,7 +28,7 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 import softlight  # noqa: E402
-from softlight import fused_cross_entropy, fused_token_logprobs, launch  # noqa: E402
+from softlight import cross_entropy_op, rows, token_logprobs_op  # noqa: E402
 
 S = 2**30 + 4096  # < 2**31, but 2 * S is not
 NEAR = 64  # the stride of a row layout's other group, which stays small
@@ -105,7 +105,7 @@ class _FarTorch:
 @contextlib.contextmanager
 def far_outputs(memory):
     """Within the block, softlight's torch.empty_like places the outputs of far inputs far too."""
-    modules = (launch, fused_cross_entropy, fused_token_logprobs)
+    modules = (rows, cross_entropy_op, token_logprobs_op)
     for module in modules:
         module.torch = _FarTorch(memory)
     try:

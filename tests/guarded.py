@@ -13,8 +13,8 @@ elements, and as much guard as the tensor spans comes before and after it. Guard
 bit pattern (NaN in copies of inputs, so that reading past a row poisons the result too; a finite
 sentinel in outputs) and `Guards.check` finds any that changed. Outputs are allocated inside
 softlight by torch.empty / torch.empty_like; `Guards.install` makes those calls, in softlight's
-kernel modules only, return guarded views, and wraps every kernel launch so that whatever a
-kernel wrote must lie in guarded buffers (a test that silently stopped guarding would otherwise
+modules that allocate for kernels only, return guarded views, and wraps launch.run (through
+which every kernel launch goes) so that whatever a kernel wrote must lie in guarded buffers (a test that silently stopped guarding would otherwise
 pass forever).
 """
 
@@ -24,16 +24,26 @@ from dataclasses import dataclass, field
 
 import torch
 
-from softlight import fused_cross_entropy, fused_linear_cross_entropy, fused_softmax, fused_token_logprobs, launch
+from softlight import (
+    cross_entropy_op,
+    cross_entropy_rows,
+    launch,
+    linear_cross_entropy_op,
+    linear_token_logprobs_op,
+    rows,
+    token_logprobs_op,
+    token_logprobs_rows,
+)
 
 GUARD = 8  # guard elements after every row
 OUTPUT_GUARD = -4242.0  # written into the guards of allocated outputs, whose rows start as NaN
 INDEX_GUARD = 12345  # the guards of integer tensors (an out-of-range class if ever read)
 
-# Modules whose Triton kernels (module attributes named *_kernel) are checked at every launch.
-KERNEL_MODULES = (fused_softmax, fused_cross_entropy, fused_token_logprobs)
 # Modules whose torch.empty / torch.empty_like allocate what the kernels write.
-ALLOCATING_MODULES = (launch, fused_cross_entropy, fused_token_logprobs, fused_linear_cross_entropy)
+ALLOCATING_MODULES = (rows, cross_entropy_rows, cross_entropy_op, token_logprobs_rows, token_logprobs_op,
+                      linear_cross_entropy_op)
+# Modules that make the linear losses' chunk logits with linear_chunks.linear.
+LINEAR_MODULES = (linear_cross_entropy_op, linear_token_logprobs_op)
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -132,14 +142,9 @@ class Guards:
         """Route softlight's allocations through this registry, and check each kernel launch."""
         for module in ALLOCATING_MODULES:
             monkeypatch.setattr(module, "torch", _GuardedTorch(self))
-        guarded_linear = self._linear(fused_linear_cross_entropy.linear)
-        monkeypatch.setattr(fused_linear_cross_entropy, "linear", guarded_linear)
-        monkeypatch.setattr(fused_token_logprobs, "linear", guarded_linear)
-        for module in KERNEL_MODULES:
-            kernels = {name: k for name, k in vars(module).items() if name.endswith("_kernel") and hasattr(k, "fn")}
-            assert kernels, f"no kernels found in {module.__name__}: nothing would be checked"
-            for name, kernel in kernels.items():
-                monkeypatch.setattr(module, name, _CheckedKernel(self, name, kernel))
+        for module in LINEAR_MODULES:
+            monkeypatch.setattr(module, "linear", self._linear(module.linear))
+        monkeypatch.setattr(launch, "run", _CheckedRun(self, launch.run))
         return self
 
     def _linear(self, linear):
@@ -174,27 +179,22 @@ class _GuardedTorch:
                                   what="empty")
 
 
-class _CheckedKernel:
-    """A kernel whose launches record their constexprs and what they wrote, and fail unless every
+class _CheckedRun:
+    """launch.run whose launches record their constexprs and what they wrote, and fail unless every
     tensor the kernel wrote to lies in a guarded buffer (a test whose outputs escaped the guards
     would otherwise pass whatever the kernel does)."""
 
-    def __init__(self, guards: Guards, name: str, kernel):
-        self.guards, self.name, self.kernel = guards, name, kernel
-        self.signature = inspect.signature(kernel.fn)
+    def __init__(self, guards: Guards, run):
+        self.guards, self.run = guards, run
 
-    def __getitem__(self, grid):
-        def launch_checked(*args, **kwargs):
-            known = {k: v for k, v in kwargs.items() if k in self.signature.parameters}  # not num_warps
-            bound = self.signature.bind_partial(*args, **known).arguments
-            tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
-            before = {k: _bits(v).clone() for k, v in tensors.items()}
-            result = self.kernel[grid](*args, **kwargs)
-            written = [k for k, v in tensors.items() if not torch.equal(_bits(v), before[k])]
-            for name in written:
-                assert self.guards.owner(tensors[name]) is not None, (
-                    f"{self.name} wrote {name}, which is not in a guarded buffer: this test cannot see writes past it")
-            self.guards.launches.append((self.name, {k: v for k, v in bound.items() if k.isupper()}, written))
-            return result
-
-        return launch_checked
+    def __call__(self, kernel, grid, *args, num_warps, **constexprs):
+        name = kernel.__name__
+        bound = inspect.signature(kernel.fn).bind_partial(*args, **constexprs).arguments
+        tensors = {k: v for k, v in bound.items() if isinstance(v, torch.Tensor)}
+        before = {k: _bits(v).clone() for k, v in tensors.items()}
+        self.run(kernel, grid, *args, num_warps=num_warps, **constexprs)
+        written = [k for k, v in tensors.items() if not torch.equal(_bits(v), before[k])]
+        for arg in written:
+            assert self.guards.owner(tensors[arg]) is not None, (
+                f"{name} wrote {arg}, which is not in a guarded buffer: this test cannot see writes past it")
+        self.guards.launches.append((name, {k: v for k, v in bound.items() if k.isupper()}, written))

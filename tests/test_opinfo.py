@@ -1,8 +1,9 @@
 """PyTorch's own OpInfo sample inputs (softmax, log_softmax, nn.functional.cross_entropy, every
 variant) through softlight, against torch computed in float64: values and gradients.
 
-Each sample is one test, named by what it holds, so a sample softlight cannot run yet (see
-skip_reason) is skipped alone. The samples are torch's, not ours: shapes from 0-d to 5-d, empty tensors,
+Each sample is one test, named by what it holds, so a failing sample shows alone. A sample torch
+refuses (probability targets with an ignore_index that names a class) must be refused by softlight
+too (refused_by_both). The samples are torch's, not ours: shapes from 0-d to 5-d, empty tensors,
 dim=0, dtype=, probability targets that need a gradient, negative class weights.
 """
 
@@ -73,20 +74,17 @@ def softlight_call(op, sample):
                                              opts.get("reduction", "mean"), opts.get("label_smoothing", 0.0))
 
 
-def skip_reason(op, sample):
-    """Samples whose behaviour issue 13 settles elsewhere, named by its point: unskip once that
-    lands. Neither occurs often: the sampler gives probability targets no ignore_index today
-    (torch rejects one), and random class weights cancel exactly only by chance."""
-    if op.name != "nn.functional.cross_entropy":
-        return None
-    target, weight = sample.args[0], sample.kwargs.get("weight")
-    if target.is_floating_point() and "ignore_index" in sample.kwargs:
-        return "issue 13 point 3 (probability targets with ignore_index) is not on this branch yet"
-    if weight is not None and not target.is_floating_point() and sample.kwargs.get("reduction", "mean") == "mean":
-        kept = target != sample.kwargs.get("ignore_index", -100)
-        if weight.double()[torch.where(kept, target, 0)][kept].sum() == 0:
-            return "issue 13 point 2 (a weighted mean over a denominator of 0) is not on this branch yet"
-    return None
+def refused_by_both(op, sample) -> bool:
+    """Probability targets with an ignore_index that names a class: torch raises, and so do we."""
+    if op.name != "nn.functional.cross_entropy" or not sample.args[0].is_floating_point():
+        return False
+    if sample.kwargs.get("ignore_index", -100) < 0:
+        return False
+    with pytest.raises(RuntimeError, match="ignore_index"):
+        op.op(sample.input, *sample.args, **sample.kwargs)
+    with pytest.raises(ValueError, match="ignore_index"):
+        softlight_call(op, sample)(sample.input)
+    return True
 
 
 def float64_twin(t):
@@ -126,9 +124,8 @@ def reduction_condition(op, sample, x64, target64):
 def test_sample_matches_torch_in_float64(op, dtype, index, device):
     random.seed(torch.initial_seed())  # the samplers also draw from Python's random
     sample = samples(op, device, dtype, requires_grad=True)[index]
-    reason = skip_reason(op, sample)
-    if reason:
-        pytest.skip(reason)
+    if refused_by_both(op, sample):
+        return
     # torch's float64 answer on the same values: dtype= rounds the input to that dtype first.
     out_dtype = sample.kwargs.get("dtype") or dtype
     x64 = float64_twin(sample.input.to(out_dtype))

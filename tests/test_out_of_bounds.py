@@ -57,10 +57,9 @@ N_ROWS, N_COLS = 5, 45
 PATHS = ["single block", "streamed"]
 
 
-def use_path(monkeypatch, path):
+def use_path(launch_policy, path):
     if path == "streamed":
-        monkeypatch.setattr(launch, "ROW_BLOCK_LIMIT", 16)
-        monkeypatch.setattr(launch, "CHUNK", 16)
+        launch_policy(row_block_limit=16, chunk=16)
 
 
 def two_row_groups(place, t):
@@ -72,8 +71,8 @@ def two_row_groups(place, t):
 
 @pytest.mark.parametrize("path", [*PATHS, "columns strided"])
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
-def test_softmax_writes_stay_in_rows(op, path, monkeypatch, device):
-    use_path(monkeypatch, path)
+def test_softmax_writes_stay_in_rows(op, path, monkeypatch, launch_policy, device):
+    use_path(launch_policy, path)
     fn = getattr(softlight, op)
     shape, dim = ((N_COLS, N_ROWS), 0) if path == "columns strided" else ((2, 3, N_COLS), -1)
     x0, dy0 = torch.randn(shape, device=device) * 3, torch.randn(shape, device=device)
@@ -104,12 +103,11 @@ CE_CASES = {
 
 
 @pytest.mark.parametrize("case", CE_CASES)
-def test_cross_entropy_writes_stay_in_rows(case, monkeypatch, device):
+def test_cross_entropy_writes_stay_in_rows(case, monkeypatch, launch_policy, device):
     opts = dict(CE_CASES[case])
-    use_path(monkeypatch, opts.pop("path", "single block"))
+    use_path(launch_policy, opts.pop("path", "single block"))
     if opts.pop("split", False):  # few rows: each row's classes split over programs, then combined
-        monkeypatch.setattr(launch, "TARGET_PROGRAMS", 64)
-        monkeypatch.setattr(launch, "CHUNK", 16)
+        launch_policy(target_programs=64, chunk=16)
     shape = opts.pop("shape", (N_ROWS, N_COLS))
     soft, weighted = opts.pop("soft", False), opts.pop("weight", False)
     x0 = torch.randn(shape, device=device) * 3
@@ -141,8 +139,8 @@ def test_cross_entropy_writes_stay_in_rows(case, monkeypatch, device):
 
 @pytest.mark.parametrize("outputs", ["logp", "logp and entropy", "entropy alone"])
 @pytest.mark.parametrize("path", PATHS)
-def test_token_logprobs_writes_stay_in_rows(path, outputs, monkeypatch, device):
-    use_path(monkeypatch, path)
+def test_token_logprobs_writes_stay_in_rows(path, outputs, monkeypatch, launch_policy, device):
+    use_path(launch_policy, path)
     x0 = torch.randn(N_ROWS, N_COLS, device=device) * 3
     ids0 = torch.randint(0, N_COLS, (N_ROWS,), device=device)
     g_logp, g_entropy = random_gradient((N_ROWS,), device), random_gradient((N_ROWS,), device)
@@ -167,7 +165,7 @@ def test_token_logprobs_writes_stay_in_rows(path, outputs, monkeypatch, device):
 # loss and then overwrite the logits with their gradient write through guard columns too. (The
 # streamed paths of those kernels are covered above; here the chunking is what is new.)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_linear_cross_entropy_writes_stay_in_rows(reduction, monkeypatch, device):
+def test_linear_cross_entropy_writes_stay_in_rows(reduction, monkeypatch, launch_policy, device):
     hidden0, weight0 = torch.randn(7, 8, device=device), torch.randn(N_COLS, 8, device=device) * 0.7
     bias0 = torch.randn(N_COLS, device=device) * 0.5
     target0 = torch.randint(0, N_COLS, (7,), device=device)
@@ -184,7 +182,7 @@ def test_linear_cross_entropy_writes_stay_in_rows(reduction, monkeypatch, device
                               ("cross_entropy_backward_kernel", {}), exact=False)
 
 
-def test_linear_token_logprobs_writes_stay_in_rows(monkeypatch, device):
+def test_linear_token_logprobs_writes_stay_in_rows(monkeypatch, launch_policy, device):
     hidden0, weight0 = torch.randn(7, 8, device=device), torch.randn(N_COLS, 8, device=device) * 0.7
     ids0 = torch.randint(0, N_COLS, (7,), device=device)
     g_logp, g_entropy = random_gradient((7,), device), random_gradient((7,), device)
