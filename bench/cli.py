@@ -13,6 +13,10 @@ Without a GPU the kernels run through Triton's interpreter: `check`, `stability`
 restart themselves with TRITON_INTERPRET=1 (which must be set before triton is imported) and say
 so. There `bench` takes no timing at all: it checks every op, re-renders the committed reports
 and writes the stability study to reports/interpreter/ (correctness does not depend on the device).
+
+Every command but `compile` needs the `bench` extra (pandas, matplotlib, tqdm, mpmath), which the
+lean install (`pip install softlight`) leaves out; without it the command names what is missing
+and how to install it, and exits with status 2.
 """
 
 import argparse
