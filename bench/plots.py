@@ -23,7 +23,7 @@ did run.
 
 Nothing measured disappears without a mark. A result that was wrong or raised (out of memory,
 say) has no time to draw; it is marked by a cross at the foot of its panel, at its shape, in its
-provider's colour and named. On a speedup plot, a shape where a provider ran but torch did not
+provider's colour and named, and the provider's line breaks there. On a speedup plot, a shape where a provider ran but torch did not
 has no ratio: a triangle at the top of the panel marks it. Each provider keeps one colour,
 marker and line style in every plot, and softlight is drawn last, so no peer's line hides it.
 """
@@ -98,12 +98,18 @@ def _draw_order(providers):
     return [p for p in providers if p != OURS] + [p for p in providers if p == OURS]
 
 
-def _lines(ax, data, x, y, providers, style, scale=1.0, band=None):
-    """One line per provider; `band` = (low column, high column) shades its p20-p80 spread."""
+def _lines(ax, data, x, y, providers, style, scale=1.0, band=None, gaps=None):
+    """One line per provider; `band` = (low column, high column) shades its p20-p80 spread.
+    A provider's line breaks at the x of its rows in `gaps` (where it has no value: it failed),
+    rather than bridging them as if it had run there."""
     for provider in _draw_order(providers):
-        sub = data[data.provider == provider].sort_values(x)
+        sub = data[data.provider == provider]
         if not len(sub):
             continue
+        if gaps is not None:
+            holes = sorted(set(gaps[gaps.provider == provider][x]) - set(sub[x]))
+            sub = pd.concat([sub, pd.DataFrame({x: holes})], ignore_index=True)
+        sub = sub.sort_values(x)
         colour, marker, linestyle = style[provider]
         ours = provider == OURS
         if band is not None:
@@ -209,7 +215,7 @@ def _gbps_figure(group, providers, style, title, path):
     failed_any = False
     for ax, (x, data, label) in zip(axes, panels):
         ok, failed = data[data.status == "ok"], data[data.status.isin(FAILED)]
-        _lines(ax, _with_gbps_spread(ok), x, "gbps", providers, style, band=("gbps_low", "gbps_high"))
+        _lines(ax, _with_gbps_spread(ok), x, "gbps", providers, style, band=("gbps_low", "gbps_high"), gaps=failed)
         ax.axhline(ceiling, color="black", linestyle="--", linewidth=1, label=f"copy ceiling {ceiling:.0f} GB/s")
         _x_axis(ax, data[x])
         ax.set_ylim(0, max(ceiling, ok.gbps.max() if len(ok) else 0) * 1.12)
@@ -287,7 +293,8 @@ def _per_direction_figure(data, failed, providers, style, y, ylabel, title, path
 
     for row, n in enumerate(tokens):
         for ax, direction in zip(axes[row], directions):
-            _lines(ax, panel(data, direction, n), "cols", y, providers, style, scale, band)
+            _lines(ax, panel(data, direction, n), "cols", y, providers, style, scale, band,
+                   gaps=pd.concat([panel(failed, direction, n), panel(torch_failed, direction, n)]))
             if reference_line is not None:
                 ax.axhline(reference_line, color="black", linestyle="--", linewidth=1)
             _x_axis(ax, panel(every, direction, n).cols)
@@ -331,16 +338,17 @@ def _speedup_over_torch(group):
 
 
 def _overview_rows(df):
-    """Per op, direction and dtype (in the report's order): softlight's percent of the ceiling
-    (median, worst, best) and its speedup over torch eager (geometric mean, worst, best), with
-    the number of shapes where softlight ran and torch failed."""
+    """Per op, direction and dtype (in the report's order) that softlight ran: its percent of the
+    ceiling (median, worst, best) and its speedup over torch eager (geometric mean, worst, best),
+    with the number of shapes where softlight failed, and where it ran and torch failed."""
     rows = []
     for op in OPS:
         for direction in DIRECTIONS:
             for dtype in DTYPES:
                 group = df[(df.op == op) & (df.direction == direction) & (df.dtype == dtype)]
                 ours = group[(group.provider == OURS) & (group.status == "ok")]
-                if ours.empty:
+                ours_failed = int(((group.provider == OURS) & group.status.isin(FAILED)).sum())
+                if ours.empty and not ours_failed:
                     continue
                 pct = ours.pct_of_ceiling.dropna()
                 ratios, _, torch_failed = _speedup_over_torch(group)
@@ -349,13 +357,13 @@ def _overview_rows(df):
                                  pct=(pct.median(), pct.min(), pct.max()) if len(pct) else None,
                                  speedup=(float(np.exp(np.log(speedup).mean())), speedup.min(), speedup.max())
                                  if len(speedup) else None,
-                                 torch_failed=int((torch_failed.provider == OURS).sum())))
+                                 torch_failed=int((torch_failed.provider == OURS).sum()), failed=ours_failed))
     return rows
 
 
 def _overview_figure(df, device, path):
     rows = _overview_rows(df)
-    if not rows or not any(r["pct"] or r["speedup"] or r["torch_failed"] for r in rows):
+    if not rows:
         return None
     fig = _figure(13, 1.6 + 0.3 * len(rows))
     left, right = fig.subplots(1, 2, sharey=True)
@@ -367,8 +375,9 @@ def _overview_figure(df, device, path):
             left.plot([worst, best], [y, y], color=colour, linewidth=1.5, alpha=0.6)
             left.plot([worst], [y], marker="|", color=colour, markersize=10, markeredgewidth=2)
             left.plot([median], [y], marker=marker, color=colour, markersize=6)
-            left.annotate(f"{median:.0f}% (worst {worst:.0f}%)", (best, y), xytext=(6, 0), textcoords="offset points",
-                          fontsize=7, va="center")
+            # Right of the ceiling line: the notes form a column and cross no line.
+            left.annotate(f"{median:.0f}% (worst {worst:.0f}%)", (max(best, 100), y), xytext=(6, 0),
+                          textcoords="offset points", fontsize=7, va="center")
         elif r["linear"]:
             left.annotate("matmul-bound: no bytes model, no ceiling", (2, y), fontsize=7, va="center", color="gray")
         at = 1.0
@@ -379,11 +388,14 @@ def _overview_figure(df, device, path):
             right.plot([mean], [y], marker=marker, color=colour, markersize=6)
             at = max(best, 1.0)
         note = [f"{mean:.2f}x (worst {worst:.2f}x)"] if r["speedup"] else ["no shape where both ran"]
+        if r["failed"]:
+            note.append(f"softlight failed on {r['failed']} shape{'s' * (r['failed'] > 1)}")
         if r["torch_failed"]:
             note.append(f"+ {r['torch_failed']} shape{'s' * (r['torch_failed'] > 1)} where torch failed")
         right.annotate(", ".join(note), (at, y), xytext=(8, 0), textcoords="offset points", fontsize=7, va="center")
     left.set_yticks(ys, [r["label"] for r in rows], fontsize=8)
-    left.set_xlim(0, 130)
+    most = max([r["pct"][2] for r in rows if r["pct"]] + [100])
+    left.set_xlim(0, most * 1.35)
     left.set_xticks([0, 20, 40, 60, 80, 100])
     left.axvline(100, color="black", linestyle="--", linewidth=1)
     left.set_xlabel("softlight's % of the copy ceiling, row ops\n(dot: median over the shapes; bar: worst to best)")

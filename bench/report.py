@@ -72,8 +72,9 @@ HOW_TO_READ = """## How to read this
   drawn last so that no peer hides it. GB/s plots carry the percent of the copy ceiling on their
   right-hand axis and each line's p20-p80 band; memory plots have a logarithmic axis. A result
   that was wrong or failed (out of memory, say) is marked with a cross at the foot of its panel
-  at its shape, in its provider's colour and named; on a speedup plot a triangle at the top marks
-  a shape where the provider ran and torch failed, so there is no ratio to draw. The overview
+  at its shape, in its provider's colour and named, and its line breaks there; on a speedup plot
+  a triangle at the top marks a shape where the provider ran and torch failed, so there is no
+  ratio to draw. The overview
   plot puts every op, direction and dtype side by side: softlight's percent of the ceiling
   (median, and its worst and best shapes) and its speedup over torch eager.
 """

@@ -319,3 +319,21 @@ def test_index_lists_stability_pages_and_example_figures(tmp_path):
     assert "[`interpreter/stability.md`](interpreter/stability.md)" in text
     assert "`python examples/softmax_regression.py`" in text
     assert "No benchmark has been run on a GPU yet" in text
+
+
+def test_softlights_own_failure_is_marked_and_breaks_its_line(tmp_path, monkeypatch):
+    drawn = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.setdefault(Path(path).name, fig) and save(fig, path))
+    df = table.read(EXAMPLE)
+    df = df[(df.op == "softmax") & (df.direction == "forward")].copy()
+    oom = (df.provider == "softlight") & (df.rows == 8) & (df.cols == 131072)
+    df.loc[oom, ["status", "note", "ms_p50", "ms_p20", "ms_p80", "gbps", "pct_of_ceiling"]] = (
+        "error", "OutOfMemoryError: CUDA out of memory", None, None, None, None, None)
+    plots.draw_all(df, tmp_path)
+    columns = next(ax for ax in drawn["gbps-softmax-forward-bfloat16.png"].axes if ax.get_xlabel().startswith("columns"))
+    assert "softlight: out of memory" in [t.get_text() for t in columns.texts]
+    line = _provider_lines(columns)["softlight"]
+    by_x = dict(zip(line.get_xdata(), line.get_ydata()))
+    assert math.isnan(by_x[131072]) and by_x[32000] == pytest.approx(2400)  # a gap, not a bridge
+    assert any("softlight failed on 1 shape" in t for t in _texts(drawn[plots.OVERVIEW]))
