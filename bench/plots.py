@@ -39,7 +39,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .spec import DIRECTIONS, DTYPES, LEAN_OPS, LINEAR_OPS, OPS
-from .summary import OURS, timed
+from .summary import OURS
 from .units import time_unit
 
 __all__ = ["OVERVIEW", "FAILED", "columns_sweep", "rows_sweep", "draw_all", "stem", "styles"]
