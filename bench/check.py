@@ -90,9 +90,14 @@ def _verdicts(provider, op, inputs, reference):
 
 
 def format_table(df: pd.DataFrame) -> str:
+    """The check's table for the terminal. A provider that was not run (unsupported op,
+    unavailable, raised) has no error to show: its cells say "not run", and its status why; a
+    NaN that a provider did compute still prints as nan."""
     shown = df.copy()
+    ran = ~df.status.isin(["unsupported", "unavailable", "error"])
     for c in ("error", "torch_error", "tolerance"):
         shown[c] = shown[c].map(lambda v: f"{v:.2e}" if np.isfinite(v) else str(v))
+    shown.loc[~ran, ["error", "tolerance"]] = "not run"
     if not shown.note.astype(bool).any():
         shown = shown.drop(columns="note")
     if not shown.hidden.astype(bool).any():

@@ -13,14 +13,43 @@ Without a GPU the kernels run through Triton's interpreter: `check`, `stability`
 restart themselves with TRITON_INTERPRET=1 (which must be set before triton is imported) and say
 so. There `bench` takes no timing at all: it checks every op, re-renders the committed reports
 and writes the stability study to reports/interpreter/ (correctness does not depend on the device).
+
+Every command but `compile` needs the `bench` extra (pandas, matplotlib, tqdm, mpmath), which the
+lean install (`pip install softlight`) leaves out; without it the command names what is missing
+and how to install it, and exits with status 2.
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
 
 from softlight.bench.spec import DIRECTIONS, LINEAR_OPS, OPS, UsageError, dtype_name, is_linear, parse_shape
+
+
+# What the lean install (pip install softlight: torch, triton, numpy) leaves out and a command
+# needs: the modules of the `bench` extra.
+BENCH_EXTRA = "softlight[bench]"
+BENCH_MODULES = ("pandas", "matplotlib", "tqdm", "mpmath")
+
+
+def _missing(modules) -> list[str]:
+    """The modules of `modules` that cannot be imported here (found without importing them)."""
+    missing = []
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a finder that refuses it, or a broken entry in sys.modules
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def _needs_extra_message(command, modules) -> str:
+    return (f"softlight {command}: needs {', '.join(modules)}, which the lean install (torch, triton and numpy "
+            f"only) leaves out; install the benchmark's extra: pip install '{BENCH_EXTRA}'\n")
 
 
 def _ensure_runnable_kernels(argv):
@@ -90,11 +119,14 @@ def cmd_check(args) -> int:
     _check_shapes(args)
     df = run_check(ops=args.op, dtypes=args.dtype, shapes=args.shape, providers=_providers(args, ["softlight"]))
     print(format_table(df))
-    failed = df[~df.status.isin(["ok", "unsupported"])]
+    failed = df[~df.status.isin(["ok", "unsupported", "unavailable"])]
     unsupported = (df.status == "unsupported").sum()
+    unavailable = df[df.status == "unavailable"]
     print(f"\n{(df.status == 'ok').sum()} passed, {len(failed)} failed"
-          + (f", {unsupported} not implemented by the provider" if unsupported else ""))
-    return 1 if len(failed) else 0
+          + (f", {unsupported} not implemented by the provider" if unsupported else "")
+          + (f", {len(unavailable)} not run: {', '.join(sorted(set(unavailable.provider)))} could not be imported"
+             if len(unavailable) else ""))
+    return 1 if len(failed) or len(unavailable) else 0
 
 
 def _rerender(out) -> int:
@@ -253,11 +285,27 @@ def cmd_compile(args) -> int:
     return aot.main(["--arch", *map(str, args.arch)] + (["--out", args.out] if args.out else []))
 
 
+def _command(sub, name, summary, description, needs=()):
+    """A subcommand: `summary` is its line in `softlight --help`, `description` heads its own
+    --help; `needs` are the modules of the bench extra it imports."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.set_defaults(needs=needs)
+    return p
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="softlight", description="softlight kernels: benchmark, report, compare, check, compile")
+    top = argparse.ArgumentParser(
+        prog="softlight",
+        description="softlight's kernels checked against the float64 reference, benchmarked against their peers, "
+                    "and reported. Every command but compile needs the benchmark's extra "
+                    f"(pip install '{BENCH_EXTRA}').")
     sub = top.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("bench", help="check, then time, every op against every provider; write reports/<device>/")
+    p = _command(sub, "bench", "check, then time, every op against every provider; write reports/<device>/",
+                 "Check every op against the float64 reference, then time it against every provider, and write the "
+                 "results table, report page and plots to OUT/<device>/, then the stability study. Without a GPU "
+                 "nothing is timed: every op is checked on small shapes and the committed reports are re-rendered.",
+                 needs=("pandas", "matplotlib", "tqdm", "mpmath"))
     _selection(p)
     p.add_argument("--quick", action="store_true", help="a small grid: 4 column counts and one rows point, bf16 only "
                                                         "(linear_cross_entropy: 8192 tokens, vocabulary 32000 and 262144)")
@@ -268,12 +316,18 @@ def parser() -> argparse.ArgumentParser:
                    help="skip the stability study that bench runs last (see softlight stability)")
     p.set_defaults(run=cmd_bench, needs_kernels=True)
 
-    p = sub.add_parser("report", help="render a report from a results table alone (no GPU needed)")
+    p = _command(sub, "report", "render a report from a results table alone (no GPU needed)",
+                 "Render the report page and plots of a results table written by softlight bench, from the table "
+                 "alone: no GPU and no kernels are needed.", needs=("pandas", "matplotlib"))
     p.add_argument("results", help="a results table (CSV) written by softlight bench")
     p.add_argument("--out", default="reports", help="reports folder; the report goes to OUT/<device>/ (default: reports)")
     p.set_defaults(run=cmd_report, needs_kernels=False)
 
-    p = sub.add_parser("compare", help="what got faster or slower between two results tables; exit 1 on a regression")
+    p = _command(sub, "compare", "what got faster or slower between two results tables; exit 1 on a regression",
+                 "Compare two results tables of one device shape by shape. A result counts as faster or slower only "
+                 "when the two runs' p20-p80 spreads do not overlap; a slowdown beyond the threshold, or a result "
+                 "that no longer passes, is a regression and makes the command exit with status 1.",
+                 needs=("pandas",))
     p.add_argument("old", help="the baseline results table (CSV)")
     p.add_argument("new", help="the results table to judge (CSV)")
     p.add_argument("--threshold", type=_argument(_threshold), default=0.05,
@@ -281,12 +335,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="also list the results that did not change beyond the noise")
     p.set_defaults(run=cmd_compare, needs_kernels=False)
 
-    p = sub.add_parser("check", help="verify every op against the float64 reference")
+    p = _command(sub, "check", "verify every op against the float64 reference",
+                 "Check every op's output and gradient against the float64 reference on fresh random inputs, for "
+                 "softlight or the providers given, beside torch's error for scale. Nothing is timed, so it runs on "
+                 "Triton's interpreter too.", needs=("pandas",))
     _selection(p, directions=False)
     p.set_defaults(run=cmd_check, needs_kernels=True)
 
-    p = sub.add_parser("stability", help="the adversarial catalogue through softlight, torch and the references, "
-                                         "in ulps against exact answers; write reports/<device>/stability.md")
+    p = _command(sub, "stability", "the adversarial catalogue through softlight, torch and the references, "
+                                   "in ulps against exact answers; write reports/<device>/stability.md",
+                 "Run the adversarial catalogue (huge and tiny logits, ties, masked rows, infinities, NaN, long rows) "
+                 "through softlight, torch and the naive and stable float64 formulas, measure each output in ulps "
+                 "against the exact answer, and write a table, a page and a plot to OUT/<device>/.",
+                 needs=("pandas", "matplotlib", "mpmath"))
     p.add_argument("--dtype", nargs="+", type=_argument(dtype_name), metavar="DTYPE",
                    help="bfloat16, float16, float32 (or bf16, fp16, fp32; default: all)")
     p.add_argument("--case", nargs="+", metavar="CASE", help="cases of the catalogue, by name (default: all)")
@@ -294,7 +355,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="reports folder; the page goes to OUT/<device>/ (default: reports)")
     p.set_defaults(run=cmd_stability, needs_kernels=True)
 
-    p = sub.add_parser("compile", help="compile every kernel variant ahead of time; report registers and spills")
+    p = _command(sub, "compile", "compile every kernel variant ahead of time; report registers and spills",
+                 "Compile every kernel variant ahead of time for the GPU architectures given, with Triton's own "
+                 "compiler and no GPU, and report each variant's registers, spills and vector loads; a compile "
+                 "error makes the command fail.")
     p.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (default: 90 80)")
     p.add_argument("--out", help="also write the Markdown table here")
     p.set_defaults(run=cmd_compile, needs_kernels=False)
@@ -305,6 +369,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     top = parser()
     args = top.parse_args(argv)
+    missing = _missing(args.needs)
+    if missing:
+        top.exit(2, _needs_extra_message(args.command, missing))
     if args.needs_kernels:
         _ensure_runnable_kernels(argv)
     try:
@@ -312,6 +379,11 @@ def main(argv=None) -> int:
     except (UsageError, FileNotFoundError) as exc:
         # Bad input (a table that is not one, a provider that cannot be loaded): say what, no traceback.
         top.exit(2, f"softlight {args.command}: error: {exc}\n")
+    except ModuleNotFoundError as exc:
+        # A module of the bench extra that the command imports without having declared it.
+        if (exc.name or "").partition(".")[0] not in BENCH_MODULES:
+            raise
+        top.exit(2, _needs_extra_message(args.command, [exc.name.partition(".")[0]]))
 
 
 if __name__ == "__main__":

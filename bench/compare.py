@@ -11,7 +11,9 @@ import math
 import pandas as pd
 
 from .spec import UsageError
+from .summary import shape_label
 from .table import KEY
+from .units import format_time_spread
 
 __all__ = ["compare", "format_text"]
 
@@ -55,10 +57,6 @@ def compare(old: pd.DataFrame, new: pd.DataFrame, threshold: float = 0.05) -> pd
     return both.drop(columns="presence").sort_values(["verdict"] + KEY, ignore_index=True)
 
 
-def _ms(p50, p20, p80):
-    return f"{p50:.4g} [{p20:.4g}-{p80:.4g}]" if math.isfinite(p50) else "-"
-
-
 def format_text(result: pd.DataFrame, show_all: bool = False) -> str:
     """The changes as a table (every compared row with show_all), then counts per verdict."""
     shown = result if show_all else result[~result.verdict.isin(["within noise", "not timed in either"])]
@@ -67,10 +65,11 @@ def format_text(result: pd.DataFrame, show_all: bool = False) -> str:
         view = pd.DataFrame({
             "verdict": shown.verdict.astype(str), "op": shown.op, "direction": shown.direction,
             "provider": shown.provider, "dtype": shown.dtype,
-            "shape": [f"{int(r)}x{int(c)}" + (f"x{int(h)}" if h else "")
-                      for r, c, h in zip(shown.rows, shown.cols, shown.hidden)],
-            "old ms [p20-p80]": [_ms(*v) for v in zip(shown.ms_p50_old, shown.ms_p20_old, shown.ms_p80_old)],
-            "new ms [p20-p80]": [_ms(*v) for v in zip(shown.ms_p50_new, shown.ms_p20_new, shown.ms_p80_new)],
+            "shape": [shape_label(r, c, h) for r, c, h in zip(shown.rows, shown.cols, shown.hidden)],
+            "old median [p20-p80]": [format_time_spread(*v) for v in zip(shown.ms_p50_old, shown.ms_p20_old,
+                                                                         shown.ms_p80_old)],
+            "new median [p20-p80]": [format_time_spread(*v) for v in zip(shown.ms_p50_new, shown.ms_p20_new,
+                                                                         shown.ms_p80_new)],
             "change": shown.change.map(lambda v: f"{v:+.1%}" if math.isfinite(v) else "-"),
             "old": shown.status_old.fillna("-"), "new": shown.status_new.fillna("-"),
         })

@@ -9,8 +9,9 @@ import pandas as pd
 
 from . import plots, table
 from .spec import DIRECTIONS, DTYPES, LEAN_OPS, LINEAR_OPS, ROW_OPS, UsageError, slugify
-from .summary import (OURS, headline, lean_headline, lean_losses, losses, peers, peers_not_timed, rate, shape_label,
-                      timed)
+from .summary import (OURS, best_label, headline, lean_headline, lean_losses, losses, peers, peers_not_timed, rate,
+                      shape_label, timed)
+from .units import format_bytes, format_time
 
 __all__ = ["RESULTS_NAME", "render", "write_index"]
 
@@ -67,24 +68,40 @@ HOW_TO_READ = """## How to read this
 - Speedup over a peer: the peer's median time / softlight's, on the shapes where both ran;
   the summary gives the geometric mean. Above 1, softlight is faster.
 - Peak memory: the most memory one call allocates above its inputs.
+- Plots: one line per provider, each with its own colour, marker and line style, softlight's
+  drawn last so that no peer hides it. GB/s plots carry the percent of the copy ceiling on their
+  right-hand axis and each line's p20-p80 band; memory plots have a logarithmic axis. A result
+  that was wrong or failed (out of memory, say) is marked with a cross at the foot of its panel
+  at its shape, in its provider's colour and named, and its line breaks there; on a speedup plot
+  a triangle at the top marks a shape where the provider ran and torch failed, so there is no
+  ratio to draw. The overview
+  plot puts every op, direction and dtype side by side: softlight's percent of the ceiling
+  (median, and its worst and best shapes) and its speedup over torch eager.
 """
 
 
-def _summary(df) -> list[str]:
+def _summary(df, plot_names=frozenset()) -> list[str]:
     h = headline(df)
     lines = ["## Summary", ""]
+    if plots.OVERVIEW in plot_names:
+        lines += [f"![every op at a glance: softlight's percent of the ceiling and speedup over torch]"
+                  f"(plots/{plots.OVERVIEW})", ""]
     if timed(df).empty:
         return lines + ["Nothing in this table was timed."]
     if h.empty:
         return lines + [f"No row op ({', '.join(ROW_OPS)}) was timed in this table; the memory-lean losses are "
                         "summarised in their own section."]
     vs = [c for c in h.columns if c.startswith("vs ")]
-    header = ["op", "direction", "dtype", "best provider (fastest on)", "softlight GB/s", "softlight % of ceiling"]
+    header = ["op", "direction", "dtype", "best provider (fastest on)", "softlight GB/s", "softlight % of ceiling",
+              "softlight's worst shape"]
     header += [f"speedup {c}" for c in vs]
-    rows = [[r["op"], r["direction"], r["dtype"], f"{r['best']} ({r['best_wins']} of {r['shapes']} shapes)",
-             _fmt(r["softlight_gbps"], ".0f"), _fmt(r["softlight_pct"], ".0f", "%")] + [_fmt(r[c], ".2f", "x") for c in vs]
+    rows = [[r["op"], r["direction"], r["dtype"], best_label(r["best"], r["best_wins"], r["shapes"], long=True),
+             _fmt(r["softlight_gbps"], ".0f"), _fmt(r["softlight_pct"], ".0f", "%"),
+             f"{r['softlight_pct_worst']:.0f}% at {r['worst_shape']}" if math.isfinite(r["softlight_pct_worst"]) else "-"]
+            + [_fmt(r[c], ".2f", "x") for c in vs]
             for _, r in h.iterrows()]
-    lines += ["softlight's GB/s and percent of ceiling are medians over the shapes of the row.", ""]
+    lines += ["softlight's GB/s and percent of ceiling are medians over the shapes of the row; its worst shape is "
+              "the one with the lowest percent of the ceiling.", ""]
     lines += _md_table(header, rows)
     lines += ["", "## Where softlight loses", ""]
     lost = losses(df)
@@ -137,7 +154,7 @@ def _details(df, plot_names) -> list[str]:
                     by = {p.provider: p for p in shape.itertuples()}
                     ours = by.get(OURS)
                     pct = _fmt(ours.pct_of_ceiling, ".0f", "%") if ours is not None and ours.status == "ok" else "-"
-                    rows.append([f"{r} x {c}", pct] + [_cell(by[p]) if p in by else "-" for p in providers])
+                    rows.append([shape_label(r, c), pct] + [_cell(by[p]) if p in by else "-" for p in providers])
                 lines += ["GB/s by provider (median time; `-`: not run or not supported).", ""]
                 lines += _md_table(["rows x cols", "softlight % of ceiling"] + providers, rows)
     return lines
@@ -165,23 +182,18 @@ log-probability of one token without writing an (N, V) log-softmax.
   elements + 12 N bytes (int64 ids read, float32 log-probabilities written), backward 2 N V + 12 N
   (the incoming gradient is one float32 per row), forward+backward 3 N V + 24 N (that gradient
   arrives only after forward, so the logits are read twice).
+- No matmul ceiling is measured: the run times no GEMM of the same shapes alone, so the TFLOP/s
+  of `linear_cross_entropy` have no roofline or GEMM baseline to be read against here. Its
+  plots show time and peak memory; softlight's TFLOP/s are in the tables below, every
+  provider's in `results.csv`.
 """
-
-
-def _fmt_bytes(v) -> str:
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if v >= size:
-            return f"{v / size:.{2 if unit == 'GiB' else 1}f} {unit}"
-    return f"{v:.0f} B"
 
 
 def _lean_cell(r) -> str:
     if r.status != "ok":
         return r.status if r.status != "unsupported" else "-"
     peak = r.peak_mem_bytes
-    return f"{r.ms_p50:.3g} ms, " + (_fmt_bytes(float(peak)) if pd.notna(peak) else "peak -")
+    return f"{format_time(r.ms_p50)}, " + (format_bytes(float(peak)) if pd.notna(peak) else "peak -")
 
 
 def _lean(df, plot_names) -> list[str]:
@@ -199,9 +211,9 @@ def _lean(df, plot_names) -> list[str]:
         header = ["op", "direction", "dtype", "best provider (fastest on)", "softlight rate (median)",
                   "softlight's largest peak"]
         header += [f"speedup {c}" for c in speed] + [f"less memory than {c.removeprefix('memory vs ')}" for c in memory]
-        rows = [[r["op"], r["direction"], r["dtype"], f"{r['best']} ({r['best_wins']} of {r['shapes']} shapes)",
+        rows = [[r["op"], r["direction"], r["dtype"], best_label(r["best"], r["best_wins"], r["shapes"], long=True),
                  _fmt(r["softlight_rate"], ".1f", f" {r['rate_unit']}") if math.isfinite(r["softlight_rate"])
-                 else "not timed", _fmt_bytes(r["softlight_peak_max"])]
+                 else "not timed", format_bytes(r["softlight_peak_max"])]
                 + [_fmt(r[c], ".2f", "x") for c in speed + memory] for _, r in h.iterrows()]
         lines += _md_table(header, rows)
     lines += ["", "### Where softlight loses (memory-lean losses)", ""]
@@ -263,7 +275,7 @@ def render(df: pd.DataFrame, out_root, source=None) -> Path:
     lines = [f"# softlight benchmark: {device}", "",
              f"Generated by `softlight report` from the results table in this folder, [`{RESULTS_NAME}`]({RESULTS_NAME}), "
              "alone; do not edit by hand.", ""]
-    lines += _environment(df) + ["", HOW_TO_READ] + _summary(df)
+    lines += _environment(df) + ["", HOW_TO_READ] + _summary(df, plot_names)
     not_timed = _not_timed(df)
     lines += ([""] + not_timed) if not_timed else []
     if (folder / STABILITY_PAGE).exists():

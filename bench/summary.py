@@ -20,7 +20,7 @@ import pandas as pd
 from .spec import DIRECTIONS, DTYPES, LEAN_OPS, LINEAR_OPS, OPS, ROW_OPS
 
 __all__ = ["OURS", "SHAPE", "peers", "timed", "headline", "losses", "lean_headline", "lean_losses",
-           "peers_not_timed", "rate", "format_text", "shape_label"]
+           "peers_not_timed", "rate", "format_text", "shape_label", "best_label", "pct_label"]
 
 OURS = "softlight"
 _PEER_ORDER = ["torch", "torch.compile", "liger", "quack"]
@@ -43,8 +43,10 @@ def rate(op: str) -> tuple[str, str]:
     return ("tflops", "TFLOP/s") if op in LINEAR_OPS else ("gbps", "GB/s")
 
 
-def shape_label(rows, cols, hidden) -> str:
-    return f"{int(rows)}x{int(cols)}" + (f"x{int(hidden)}" if hidden else "")
+def shape_label(rows, cols, hidden=0) -> str:
+    """How every report and summary writes a shape: '4096 x 50257', or for a linear op tokens x
+    vocabulary x hidden size, '8192 x 128256 x 4096'."""
+    return f"{int(rows)} x {int(cols)}" + (f" x {int(hidden)}" if hidden else "")
 
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
@@ -69,9 +71,13 @@ def _geomean(s) -> float:
     return float(np.exp(np.log(s).mean())) if len(s) else math.nan
 
 
-def _best(group: pd.DataFrame) -> tuple[str, int, int]:
-    """The provider fastest on the most shapes (ties: higher median rate): name, wins, shapes."""
+def _best(group: pd.DataFrame) -> tuple[str | None, int, int]:
+    """The provider fastest on the most shapes (ties: higher median rate): name, wins, shapes.
+    None when softlight was timed on none of them: the summary is about softlight, and naming a
+    winner among the peers alone would read as if softlight had lost."""
     fastest = group.loc[group.groupby(SHAPE).ms_p50.idxmin()]
+    if OURS not in set(group.provider):
+        return None, 0, len(fastest)
     wins = fastest.provider.value_counts()
     median_rate = group.groupby("provider")[rate(group.op.iloc[0])[0]].median()
     best = max(wins.index, key=lambda p: (wins[p], median_rate[p]))
@@ -79,15 +85,19 @@ def _best(group: pd.DataFrame) -> tuple[str, int, int]:
 
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per row op, direction and dtype with anything timed."""
+    """One row per row op, direction and dtype with anything timed: softlight's median percent
+    of the ceiling, and its worst shape's ("softlight_pct_worst" at "worst_shape") beside it."""
     ok = timed(df)
     ok = ok[ok.op.isin(ROW_OPS)]
     rows = []
     for (op, direction, dtype), group in ok.groupby(GROUP):
         best, wins, shapes = _best(group)
         ours = group[group.provider == OURS]
+        worst = ours.loc[ours.pct_of_ceiling.idxmin()] if ours.pct_of_ceiling.notna().any() else None
         row = dict(op=op, direction=direction, dtype=dtype, best=best, best_wins=wins, shapes=shapes,
                    softlight_pct=ours.pct_of_ceiling.median() if len(ours) else math.nan,
+                   softlight_pct_worst=worst.pct_of_ceiling if worst is not None else math.nan,
+                   worst_shape=shape_label(worst.rows, worst.cols, worst.hidden) if worst is not None else "",
                    softlight_gbps=ours.gbps.median() if len(ours) else math.nan)
         for peer in peers(df):
             row[f"vs {peer}"] = _geomean(_ratios(group, peer).ratio)
@@ -145,13 +155,18 @@ def _worse_lines(ok, df, ops, memory=False):
     return out
 
 
+def _failed_verb(status) -> str:
+    """How a sentence says that a result has no time: 'was wrong', 'failed (error)'."""
+    return {"wrong": "was wrong", "error": "failed (error)", "unavailable": "was unavailable"}.get(status, f"was {status}")
+
+
 def _ours_not_ok(df, ops) -> list[str]:
     out = []
     ours_bad = df[(df.provider == OURS) & df.op.isin(ops) & ~df.status.isin(["ok", "unsupported"])]
     for (op, direction, dtype, status), group in ours_bad.groupby(GROUP + ["status"]):
         shapes = ", ".join(shape_label(r, c, h) for r, c, h in zip(group.rows, group.cols, group.hidden))
         note = group.note.iloc[0]
-        out.append(f"{op} {direction} {dtype}: softlight is {status} on {shapes}" + (f" ({note})" if note else ""))
+        out.append(f"{op} {direction} {dtype}: softlight {_failed_verb(status)} on {shapes}" + (f" ({note})" if note else ""))
     return out
 
 
@@ -178,9 +193,23 @@ def peers_not_timed(df: pd.DataFrame, ops=LEAN_OPS) -> list[str]:
     for (op, direction, dtype, provider, status), group in failed.groupby(GROUP + ["provider", "status"]):
         shapes = ", ".join(shape_label(r, c, h) for r, c, h in zip(group.rows, group.cols, group.hidden))
         note = group.note.iloc[0]
-        out.append(f"{op} {direction} {dtype}: {provider} is {status} on {shapes}, where softlight was timed"
+        out.append(f"{op} {direction} {dtype}: {provider} {_failed_verb(status)} on {shapes}, where softlight was timed"
                    + (f" ({note})" if note else ""))
     return out
+
+
+def best_label(best, wins, shapes, long=False) -> str:
+    """'liger (6 of 6 shapes)', or 'softlight not timed' where it was timed on no shape."""
+    if best is None or (isinstance(best, float) and math.isnan(best)):
+        return "softlight not timed"
+    return f"{best} ({wins} of {shapes} shapes)" if long else f"{best} ({wins}/{shapes})"
+
+
+def pct_label(median, worst, worst_shape) -> str:
+    """'80% (worst 33% at 4 x 262144)': the median over the shapes hides the worst one."""
+    if not math.isfinite(median):
+        return "-"
+    return f"{median:.0f}%" + (f" (worst {worst:.0f}% at {worst_shape})" if math.isfinite(worst) else "")
 
 
 def format_text(df: pd.DataFrame) -> str:
@@ -192,8 +221,9 @@ def format_text(df: pd.DataFrame) -> str:
     if not h.empty:
         shown = pd.DataFrame({
             "op": h.op, "direction": h.direction, "dtype": h.dtype,
-            "softlight % ceiling": h.softlight_pct.map(lambda v: f"{v:.0f}%" if math.isfinite(v) else "-"),
-            "best": [f"{b} ({w}/{n})" for b, w, n in zip(h.best, h.best_wins, h.shapes)],
+            "softlight % ceiling (median, worst)": [pct_label(m, w, s) for m, w, s in
+                                                    zip(h.softlight_pct, h.softlight_pct_worst, h.worst_shape)],
+            "best": [best_label(b, w, n) for b, w, n in zip(h.best, h.best_wins, h.shapes)],
         })
         for col in [c for c in h.columns if c.startswith("vs ")]:
             shown[col] = h[col].map(lambda v: f"{v:.2f}x" if math.isfinite(v) else "-")
@@ -202,7 +232,7 @@ def format_text(df: pd.DataFrame) -> str:
         shown = pd.DataFrame({
             "op": lean.op, "direction": lean.direction, "dtype": lean.dtype,
             "softlight": [f"{v:.1f} {u}" if math.isfinite(v) else "-" for v, u in zip(lean.softlight_rate, lean.rate_unit)],
-            "best": [f"{b} ({w}/{n})" for b, w, n in zip(lean.best, lean.best_wins, lean.shapes)],
+            "best": [best_label(b, w, n) for b, w, n in zip(lean.best, lean.best_wins, lean.shapes)],
         })
         for col in [c for c in lean.columns if c.startswith("vs ") or c.startswith("memory vs ")]:
             shown[col.replace("memory vs ", "less memory than ")] = lean[col].map(

@@ -43,13 +43,39 @@ if [ "$py" = "$PWD/.venv/bin/python" ]; then
     "$py" -m pip install --quiet -e ".[test]" "$NUMPY_PIN"
 else
     echo "setup: using $py, which already has torch and triton; installing softlight into it (no downloads)"
+    # Without build isolation the interpreter's own setuptools reads pyproject.toml, whose SPDX
+    # `license` needs setuptools 77 or later.
+    # With no package index, a setuptools wheel carried in .whl/ (pip download setuptools -d .whl)
+    # is the way to a newer one.
+    new_enough() { "$py" -c "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)" 2>/dev/null; }
+    if ! new_enough; then
+        "$py" -m pip install --quiet --no-index --find-links .whl 'setuptools>=77' 2>/dev/null \
+            || "$py" -m pip install --quiet 'setuptools>=77' 2>/dev/null || true
+    fi
+    if ! new_enough; then
+        echo "setup: $py needs setuptools >= 77 to install softlight (it reads the licence as an SPDX expression);" \
+             "carry a wheel (pip download setuptools -d .whl) or upgrade it" >&2
+        exit 1
+    fi
     "$py" -m pip install --quiet --no-deps --no-build-isolation -e .
-    # The runtime and test dependencies it lacks, by distribution name (module sklearn is scikit-learn).
+    # What the tests need besides torch and triton: the runtime dependencies and the test and
+    # bench extras, read from pyproject.toml so that this list cannot drift from it.
     missing=$("$py" -c "
-import importlib.util
-needed = {'numpy': 'numpy', 'pandas': 'pandas', 'matplotlib': 'matplotlib', 'tqdm': 'tqdm', 'pytest': 'pytest',
-          'hypothesis': 'hypothesis', 'scipy': 'scipy', 'sklearn': 'scikit-learn'}
-print(' '.join(dist for module, dist in needed.items() if importlib.util.find_spec(module) is None))")
+import importlib.metadata, re, tomllib
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']
+extras = project['optional-dependencies']
+wanted, missing = list(project['dependencies']) + extras['test'], set()
+while wanted:
+    requirement = wanted.pop()
+    name = re.match(r'[A-Za-z0-9._-]+', requirement).group()
+    if name == project['name']:  # softlight[bench] and the like: the extras it names
+        wanted += [r for extra in re.findall(r'[A-Za-z0-9._-]+', requirement[len(name):]) for r in extras[extra]]
+        continue
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        missing.add(name)
+print(' '.join(sorted(missing - {'torch', 'triton'})))")
     if [ -n "$missing" ]; then
         echo "setup: $py lacks: $missing; trying to install them"
         "$py" -m pip install --quiet $missing

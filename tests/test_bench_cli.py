@@ -1,6 +1,7 @@
 """The `softlight` command on the CPU: check on tiny shapes, bench without a GPU, report and
 compare from tables alone, and bad input answered with a clear error."""
 
+import argparse
 import os
 import re
 import shutil
@@ -70,6 +71,9 @@ def test_check_reports_a_wrong_user_provider(capsys, wrong_provider):
     out = capsys.readouterr().out
     assert status == 1
     assert out.count(" FAIL") == 2 and "0 passed, 2 failed, 2 not implemented by the provider" in out
+    # The provider has no cross_entropy: its cells say so, not "nan".
+    unsupported = [line for line in out.splitlines() if "unsupported" in line]
+    assert len(unsupported) == 2 and all(line.count("not run") == 2 and "nan" not in line for line in unsupported)
 
 
 @pytest.mark.skipif(not softlight.INTERPRETED, reason="on a GPU, bench really benchmarks")
@@ -152,7 +156,8 @@ def test_compare_names_the_hidden_size_of_a_linear_shape(tmp_path, capsys):
     table.write(df, tmp_path / "new.csv")
     assert main(["compare", str(lean), str(tmp_path / "new.csv")]) == 1
     line = next(line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("regression"))
-    assert "linear_cross_entropy" in line and "4096x32000x4096" in line and "+50.0%" in line
+    assert "linear_cross_entropy" in line and "4096 x 32000 x 4096" in line and "+50.0%" in line
+    assert "2.68 [2.63-2.76] ms" in line and "4.03 [3.95-4.15] ms" in line  # median [p20-p80], old and new
 
 
 def test_stability_writes_its_page_and_indexes_it(tmp_path, capsys):
@@ -225,7 +230,8 @@ def test_compare_flags_a_slowdown_past_the_threshold(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 regression" in out
     line = next(line for line in out.splitlines() if line.lstrip().startswith("regression"))
-    assert "softlight" in line and "32x32000" in line and "+20.0%" in line
+    assert "softlight" in line and "32 x 32000" in line and "+20.0%" in line
+    assert "1.71 [1.67-1.76] µs" in line  # the synthetic times are microseconds: never "0.00171 ms"
     # The same slowdown under a higher threshold is reported, but is no regression.
     assert main(["compare", str(EXAMPLE), new, "--threshold", "0.25"]) == 0
     assert "1 slower" in capsys.readouterr().out
@@ -285,3 +291,62 @@ def test_run_check_rejects_bad_arguments():
         run_check(dtypes=["int8"], shapes=[(1, 8)])
     with pytest.raises(ValueError, match="shapes must be"):
         run_check(shapes=[(0, 8)])
+
+
+def test_every_command_describes_itself_in_sentences():
+    """`softlight COMMAND --help` opens with a description of whole sentences."""
+    subcommands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subcommands.choices) == {"bench", "report", "compare", "check", "stability", "compile"}
+    for name, sub in subcommands.choices.items():
+        text = sub.description or ""
+        assert len(text) > 40 and text[0].isupper() and text.endswith("."), name
+
+
+@pytest.mark.parametrize("argv, blocked", [
+    (["report", str(EXAMPLE)], "matplotlib"),
+    (["compare", str(EXAMPLE), str(EXAMPLE)], "pandas"),
+    (["bench", "--quick"], "tqdm"),
+    (["stability", "--quick"], "mpmath"),
+])
+def test_a_missing_bench_extra_is_named_not_a_traceback(argv, blocked, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, blocked, None)  # as if the lean install lacked it
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"softlight {argv[0]}: needs {blocked}," in err and "pip install 'softlight[bench]'" in err
+
+
+def test_compile_needs_no_bench_extra():
+    args = parser().parse_args(["compile"])
+    assert args.needs == ()
+
+
+def test_a_bench_module_imported_late_is_named_too(monkeypatch, capsys):
+    from softlight.bench import cli
+
+    def late(args):
+        raise ModuleNotFoundError("No module named 'tqdm'", name="tqdm")
+
+    monkeypatch.setattr(cli, "cmd_compare", late)
+    with pytest.raises(SystemExit) as info:
+        main(["compare", str(EXAMPLE), str(EXAMPLE)])
+    assert info.value.code == 2 and "pip install 'softlight[bench]'" in capsys.readouterr().err
+
+    def other(args):
+        raise ModuleNotFoundError("No module named 'liger_kernel'", name="liger_kernel")
+
+    monkeypatch.setattr(cli, "cmd_compare", other)
+    with pytest.raises(ModuleNotFoundError):  # not ours to explain: the traceback stays
+        main(["compare", str(EXAMPLE), str(EXAMPLE)])
+
+
+def test_report_without_matplotlib_in_a_fresh_process(tmp_path):
+    """The lean install's `softlight report`: exit status 2 and the extra to install, no traceback."""
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from softlight.bench.cli import main\n"
+            f"sys.exit(main(['report', {str(EXAMPLE)!r}, '--out', {str(tmp_path)!r}]))")
+    run = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "pip install 'softlight[bench]'" in run.stderr and "Traceback" not in run.stderr
+    assert not any(tmp_path.iterdir())
