@@ -12,10 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Triton 3.6 is what the GPU machines run; its interpreter needs NumPy < 2.4 (it converts
-# 1-element arrays to int, which NumPy 2.4 refuses).
+# Triton 3.6 is what the GPU machines run. (Its interpreter's conversion that NumPy 2.4 refuses
+# is corrected in kernels/interpreter.py, so any NumPy does.)
 TRITON_PIN="triton==3.6.0"
-NUMPY_PIN="numpy<2.4"
 CPU_TORCH_PIN="torch==2.13.0"
 
 has_torch_and_triton() { "$1" -c "import torch, triton" >/dev/null 2>&1; }
@@ -37,14 +36,15 @@ if [ "$py" = "$PWD/.venv/bin/python" ]; then
             torch_req=$CPU_TORCH_PIN
         fi
         echo "setup: installing $torch_req and $TRITON_PIN into .venv"
-        "$py" -m pip install --quiet "$torch_req" "$TRITON_PIN" "$NUMPY_PIN"
+        "$py" -m pip install --quiet "$torch_req" "$TRITON_PIN"
     fi
-    echo "setup: installing softlight (editable) with its test extras into .venv"
-    "$py" -m pip install --quiet -e ".[test]" "$NUMPY_PIN"
+    echo "setup: installing softlight (editable) with its test and Hugging Face extras into .venv"
+    "$py" -m pip install --quiet -e ".[test,hf]"
 else
     echo "setup: using $py, which already has torch and triton; installing softlight into it (no downloads)"
     "$py" -m pip install --quiet --no-deps --no-build-isolation -e .
     # The runtime and test dependencies it lacks, by distribution name (module sklearn is scikit-learn).
+    # transformers and accelerate are left as they are: without them the Hugging Face tests skip.
     missing=$("$py" -c "
 import importlib.util
 needed = {'numpy': 'numpy', 'pandas': 'pandas', 'matplotlib': 'matplotlib', 'tqdm': 'tqdm', 'pytest': 'pytest',

@@ -25,3 +25,15 @@ def test_folders_are_not_top_level_packages(tmp_path):
     code = "import importlib.util as u; print([u.find_spec(n) for n in ('kernels', 'reference', 'bench')])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[None, None, None]"
+
+
+def test_softlight_hf_imports_without_transformers(monkeypatch):
+    """softlight.hf imports transformers only when patching, and says how to install it."""
+    import pytest
+    import torch
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    import softlight.hf
+
+    with pytest.raises(ImportError, match=r"softlight\[hf\]"):
+        softlight.hf.patch(torch.nn.Linear(2, 3))
