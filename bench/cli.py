@@ -262,7 +262,6 @@ def cmd_train_step(args) -> int:
 
     import softlight
     from softlight.bench import train_step
-    from softlight.bench.measure import CudaDevice
     from softlight.bench.spec import slugify
 
     try:
@@ -282,7 +281,7 @@ def cmd_train_step(args) -> int:
     if not timed:
         print("softlight train-step: no CUDA GPU (or TRITON_INTERPRET=1), so NO TIMING IS TAKEN; checking each "
               "provider's loss and head gradient against the model's own on a small model instead.\n", flush=True)
-    df = train_step.run(shapes, args.provider, CudaDevice() if timed else None)
+    df = train_step.run(shapes, args.provider, train_step.StepTimer() if timed else None)
     shown = ["provider", "vocab", "tokens", "hidden", "layers", "status", "ms_p50", "peak_mem_bytes", "loss_error",
              "grad_error", "note"]
     print(df[shown].to_string(index=False))

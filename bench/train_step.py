@@ -27,7 +27,7 @@ import torch
 
 from softlight.reference import TOLERANCE, relative_error
 
-__all__ = ["Shape", "GPU_SHAPES", "CPU_SHAPES", "PROVIDERS", "run", "to_markdown"]
+__all__ = ["Shape", "GPU_SHAPES", "CPU_SHAPES", "PROVIDERS", "StepTimer", "run", "to_markdown"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,28 @@ class Shape:
 
 GPU_SHAPES = [Shape(128256), Shape(262144)]
 CPU_SHAPES = [Shape(256, tokens=32, hidden=32, layers=1, heads=4, kv_heads=2, mlp=64)]
+
+
+class StepTimer:
+    """The benchmark's CUDA timing (`CudaDevice`) over about 3 s of steps: a step takes 0.1 to 1 s,
+    so do_bench's default 100 ms would time a single one."""
+
+    def __init__(self):
+        from .measure import CudaDevice
+
+        self._cuda = CudaDevice()
+        self.name, self.torch_device = self._cuda.name, self._cuda.torch_device
+
+    def time(self, fn):
+        import triton.testing
+
+        from .measure import Timing
+
+        p50, p20, p80 = triton.testing.do_bench(fn, warmup=500, rep=3000, quantiles=[0.5, 0.2, 0.8])
+        return Timing(p50, p20, p80)
+
+    def peak_memory(self, fn):
+        return self._cuda.peak_memory(fn)
 
 
 def _transformers(model):
@@ -101,7 +123,7 @@ def _step(model, ids, labels):
 
 
 def run(shapes=None, providers=None, device=None) -> pd.DataFrame:
-    """One row per shape and provider. `device`: a bench Device (CudaDevice) that times, or None
+    """One row per shape and provider. `device`: a bench Device that times (StepTimer), or None
     for the check alone (on the interpreter's CPU tensors when there is no GPU)."""
     from .table import environment
 
