@@ -14,6 +14,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast  # noqa: E402
 from softlight.reference import TOLERANCE, relative_error  # noqa: E402
 from support import dtype_name, to_numpy  # noqa: E402
 
+# Where the kernels run: the interpreter's CPU tensors, or a GPU with compiled kernels.
+DEVICE = "cpu" if softlight.INTERPRETED else "cuda"
 VOCAB = 96
 TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -41,11 +43,11 @@ def tiny_model(family="llama", dtype=torch.float32, **changes):
     model = getattr(transformers, model_name)(config)
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(30)
-    return model.to(dtype)
+    return model.to(DEVICE, dtype)
 
 
 def batch(batch_size=2, length=10, ignored=3):
-    ids = torch.randint(3, VOCAB, (batch_size, length))
+    ids = torch.randint(3, VOCAB, (batch_size, length), device=DEVICE)
     labels = ids.clone()
     labels[0, :ignored] = -100  # a prompt whose tokens are not trained on
     return ids, labels
@@ -61,7 +63,7 @@ def same_loss_and_gradients(model, autocast=False, **inputs):
     ours = softlight.hf.patch(copy.deepcopy(model))
     dtype = torch.bfloat16 if autocast else next(model.parameters()).dtype
     exact = copy.deepcopy(model).double() if dtype != torch.float32 else None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
         expected = model(**inputs)
         got = ours(**inputs)
     assert got.logits is None and expected.logits is not None
@@ -110,9 +112,10 @@ def test_loss_options_of_the_model_own_loss():
     ignore_index, attention_mask, as the model's ForCausalLMLoss takes them."""
     model = tiny_model()
     ids, labels = batch()
-    same_loss_and_gradients(model, input_ids=ids, labels=labels, num_items_in_batch=torch.tensor(23))
+    items = torch.tensor(23, device=DEVICE)
+    same_loss_and_gradients(model, input_ids=ids, labels=labels, num_items_in_batch=items)
     same_loss_and_gradients(model, input_ids=ids, labels=labels, num_items_in_batch=11)
-    shifted = torch.randint(0, VOCAB, ids.shape)
+    shifted = torch.randint(0, VOCAB, ids.shape, device=DEVICE)
     shifted[1, ::3] = 7
     same_loss_and_gradients(model, input_ids=ids, labels=labels, shift_labels=shifted, ignore_index=7)
     mask = torch.ones_like(ids)
@@ -127,8 +130,8 @@ def test_logits_to_keep():
     it either."""
     model = tiny_model()
     ids, labels = batch()
-    keep = torch.tensor([0, 2, 3, 7, 8])
-    shift_labels = torch.randint(0, VOCAB, (ids.shape[0], len(keep)))
+    keep = torch.tensor([0, 2, 3, 7, 8], device=DEVICE)
+    shift_labels = torch.randint(0, VOCAB, (ids.shape[0], len(keep)), device=DEVICE)
     shift_labels[0, 1] = -100
     same_loss_and_gradients(model, input_ids=ids, labels=labels, logits_to_keep=keep, shift_labels=shift_labels)
     same_loss_and_gradients(model, input_ids=ids, labels=labels, logits_to_keep=ids.shape[1])
@@ -172,7 +175,7 @@ def test_patch_unpatch_and_copies():
     twin(input_ids=ids, labels=labels).loss.backward()
     assert twin.lm_head.weight.grad is not None and model.lm_head.weight.grad is None
     # An instance made from the patched class itself is patched too.
-    sibling = type(model)(model.config)
+    sibling = type(model)(model.config).to(DEVICE)
     assert sibling(input_ids=ids, labels=labels).logits is None
     assert softlight.hf.unpatch(model) is model and type(model) is cls and not softlight.hf.is_patched(model)
     assert model(input_ids=ids, labels=labels).logits is not None
@@ -199,7 +202,7 @@ def test_models_it_cannot_serve_are_refused_at_patch_time():
             return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     with pytest.raises(ValueError, match="uses clamp"):
-        softlight.hf.patch(ClampedLogits(tiny_model().config))
+        softlight.hf.patch(ClampedLogits(tiny_model().config).to(DEVICE))
 
 
 def test_a_logit_transform_it_did_not_foresee_raises_at_the_first_call():
@@ -212,7 +215,7 @@ def test_a_logit_transform_it_did_not_foresee_raises_at_the_first_call():
             loss = None if labels is None else self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
             return CausalLMOutputWithPast(loss=loss, logits=logits)
 
-    model = softlight.hf.patch(ScaledLogits(tiny_model().config))
+    model = softlight.hf.patch(ScaledLogits(tiny_model().config).to(DEVICE))
     ids, labels = batch()
     with pytest.raises(RuntimeError, match="its loss would be wrong"):
         model(input_ids=ids, labels=labels)
@@ -238,7 +241,7 @@ class _Tokens(torch.utils.data.Dataset):
 def _train(model, tmp_path):
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=2,
-        learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0,
+        learning_rate=1e-3, logging_steps=1, report_to=[], save_strategy="no", use_cpu=DEVICE == "cpu", seed=0,
         data_seed=0, dataloader_num_workers=0, disable_tqdm=True)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=_Tokens())
     trainer.train()
