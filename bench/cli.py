@@ -8,6 +8,8 @@
     softlight stability             the adversarial catalogue, in ulps against exact answers; writes
                                     reports/<device>/stability.md (.csv, .png)
     softlight compile               ahead-of-time compile of every kernel variant (registers, spills)
+    softlight train-step            a Hugging Face causal LM's training step with a real-size head: its own
+                                    loss, softlight.hf.patch and Liger's patch; writes reports/<device>/train_step.md
 
 Without a GPU the kernels run through Triton's interpreter: `check`, `stability` and `bench`
 restart themselves with TRITON_INTERPRET=1 (which must be set before triton is imported) and say
@@ -20,6 +22,7 @@ and how to install it, and exits with status 2.
 """
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -75,6 +78,13 @@ def _argument(parse):
             raise argparse.ArgumentTypeError(str(exc)) from exc
     convert.__name__ = parse.__name__
     return convert
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _threshold(text):
@@ -279,6 +289,44 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_train_step(args) -> int:
+    import torch
+
+    import softlight
+    from softlight.bench import train_step
+    from softlight.bench.spec import slugify
+
+    try:
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"needs transformers ({exc}): pip install 'softlight[hf]'") from exc
+    unknown = [name for name in args.provider or [] if name not in train_step.PROVIDERS]
+    if unknown:
+        raise UsageError(f"--provider: {', '.join(unknown)} unknown; train-step has {', '.join(train_step.PROVIDERS)}")
+    if args.tokens and args.tokens % 2:
+        raise UsageError(f"--tokens must be even (2 sequences of tokens / 2), got {args.tokens}")
+    timed = torch.cuda.is_available() and not softlight.INTERPRETED
+    defaults = train_step.GPU_SHAPES if timed else train_step.CPU_SHAPES
+    changes = {name: value for name, value in (("tokens", args.tokens), ("layers", args.layers)) if value}
+    shapes = [dataclasses.replace(defaults[0], vocab=vocab, **changes)
+              for vocab in args.vocab or [s.vocab for s in defaults]]
+    if not timed:
+        print("softlight train-step: no CUDA GPU (or TRITON_INTERPRET=1), so NO TIMING IS TAKEN; checking each "
+              "provider's loss and head gradient against the model's own on a small model instead.\n", flush=True)
+    df = train_step.run(shapes, args.provider, train_step.StepTimer() if timed else None)
+    shown = ["provider", "vocab", "tokens", "hidden", "layers", "status", "ms_p50", "peak_mem_bytes", "loss_error",
+             "grad_error", "note"]
+    print(df[shown].to_string(index=False))
+    if timed:
+        folder = Path(args.out) / slugify(df.device.iloc[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        df.to_csv(folder / "train_step.csv", index=False)
+        (folder / "train_step.md").write_text(train_step.to_markdown(df))
+        print(f"\nwrote {folder}/train_step.md (.csv)")
+    ours = df[df.provider == "softlight"]
+    return 1 if (~ours.status.isin(["ok"])).any() else 0
+
+
 def cmd_compile(args) -> int:
     from softlight.bench import aot
 
@@ -354,6 +402,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="only a few representative cases")
     p.add_argument("--out", default="reports", help="reports folder; the page goes to OUT/<device>/ (default: reports)")
     p.set_defaults(run=cmd_stability, needs_kernels=True)
+
+    p = _command(sub, "train-step", "a Hugging Face causal LM's training step: its own loss against softlight.hf.patch "
+                 "and Liger's patch, time and peak memory",
+                 "Time one training step of a Hugging Face causal LM with a real-size head (on a GPU), with the "
+                 "model's own loss, with softlight.hf.patch and with Liger's patch, after checking each against the "
+                 "model's own loss and head gradient; without a GPU, only the check on a tiny model.",
+                 needs=("pandas",))  # transformers: its own message names the hf extra
+    p.add_argument("--vocab", type=_argument(_positive_int), nargs="+",
+                   help="vocabularies (default: 128256 262144 on a GPU)")
+    p.add_argument("--tokens", type=_argument(_positive_int), help="tokens a step (default: 8192 on a GPU)")
+    p.add_argument("--layers", type=_argument(_positive_int), help="decoder layers (default: 2 on a GPU)")
+    p.add_argument("--provider", nargs="+", metavar="PROVIDER",
+                   help="transformers, softlight, liger (default: all; the model's own loss, transformers, always "
+                        "runs: the baseline)")
+    p.add_argument("--out", default="reports",
+                   help="reports folder; the page goes to OUT/<device>/ (default: reports)")
+    p.set_defaults(run=cmd_train_step, needs_kernels=True)
 
     p = _command(sub, "compile", "compile every kernel variant ahead of time; report registers and spills",
                  "Compile every kernel variant ahead of time for the GPU architectures given, with Triton's own "

@@ -6,6 +6,7 @@ few differences from the GPU's code that would misreport our numerics; the ones 
 corrected here, on the interpreter only.
 """
 
+import functools
 import warnings
 
 import triton
@@ -80,10 +81,35 @@ def _fix_interpreter_bf16_casts():
     builder.cast_impl = cast_to_bf16_nearest
 
 
+def _fix_interpreter_index_conversion():
+    """Make the interpreter's scalars usable as indices (`range(start, end, BLOCK)` in a kernel)
+    under NumPy >= 2.4. Interpreter only.
+
+    The interpreter holds a scalar as a 1-element, 1-d array and converts it with `int(array)`,
+    which NumPy 2.x deprecated for arrays with ndim > 0 and NumPy 2.4 refuses ("only 0-dimensional
+    arrays can be converted to Python scalars"): every kernel with a loop failed. `.item()` takes
+    the one element out whatever the array's ndim, the value `int(array)` gave before. Nothing is
+    touched unless the interpreter's internals are as expected.
+    """
+    from triton.runtime import interpreter
+
+    patch_lang_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_lang_tensor is None or getattr(patch_lang_tensor, "_softlight_index", False):
+        return
+
+    @functools.wraps(patch_lang_tensor)
+    def patch_lang_tensor_with_index(tensor, scope):
+        patch_lang_tensor(tensor, scope)
+        # set_attr after the interpreter's own: the scope restores both, newest first.
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    patch_lang_tensor_with_index._softlight_index = True
+    interpreter._patch_lang_tensor = patch_lang_tensor_with_index
 
 
 if INTERPRETED:
     _fix_interpreter_bf16_casts()
+    _fix_interpreter_index_conversion()
     # The interpreter computes masked-off lanes as well (log 0, inf - inf there) and NumPy warns
     # about them; those lanes are never stored, so the warnings say nothing about any result.
     warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"triton\.runtime\.interpreter")

@@ -6,6 +6,7 @@
 #   bash scripts/gpu_session.sh test                         # the whole suite, compiled
 #   BENCH_ARGS="--op softmax --quick" bash scripts/gpu_session.sh bench
 #   bash scripts/gpu_session.sh test bench                   # both (the default)
+#   TRAIN_STEP_ARGS="--vocab 262144" bash scripts/gpu_session.sh train-step   # needs transformers (.whl/)
 #
 # bench merges into reports/<device>/'s table, so a sweep too long for one call can be split by
 # --op over several calls while the machine stays warm.
@@ -28,7 +29,9 @@ for step in "${steps[@]}"; do
         test) make test PYTEST_ARGS="-p no:cacheprovider --durations=15" 2>&1 | tee "$out/test.log" ;;
         bench) make setup && "$(cat .python)" -P -m softlight.bench.cli bench ${BENCH_ARGS:-} 2>&1 | tee "$out/bench.log" ;;
         compile) make compile 2>&1 | tee "$out/compile.log" ;;
-        *) echo "gpu_session: unknown step '$step' (test, bench, compile)" >&2; exit 2 ;;
+        train-step) make setup && "$(cat .python)" -P -m softlight.bench.cli train-step ${TRAIN_STEP_ARGS:-} 2>&1 \
+            | tee "$out/train_step.log" ;;
+        *) echo "gpu_session: unknown step '$step' (test, bench, compile, train-step)" >&2; exit 2 ;;
     esac
     rc=$?
     echo "gpu_session: $step exited with $rc" | tee -a "$out/steps.txt"

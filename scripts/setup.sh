@@ -12,10 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Triton 3.6 is what the GPU machines run; its interpreter needs NumPy < 2.4 (it converts
-# 1-element arrays to int, which NumPy 2.4 refuses).
+# Triton 3.6 is what the GPU machines run. (Its interpreter's conversion that NumPy 2.4 refuses
+# is corrected in kernels/interpreter.py, so any NumPy does.)
 TRITON_PIN="triton==3.6.0"
-NUMPY_PIN="numpy<2.4"
 CPU_TORCH_PIN="torch==2.13.0"
 
 has_torch_and_triton() { "$1" -c "import torch, triton" >/dev/null 2>&1; }
@@ -37,10 +36,10 @@ if [ "$py" = "$PWD/.venv/bin/python" ]; then
             torch_req=$CPU_TORCH_PIN
         fi
         echo "setup: installing $torch_req and $TRITON_PIN into .venv"
-        "$py" -m pip install --quiet "$torch_req" "$TRITON_PIN" "$NUMPY_PIN"
+        "$py" -m pip install --quiet "$torch_req" "$TRITON_PIN"
     fi
-    echo "setup: installing softlight (editable) with its test extras into .venv"
-    "$py" -m pip install --quiet -e ".[test]" "$NUMPY_PIN"
+    echo "setup: installing softlight (editable) with its test and Hugging Face extras into .venv"
+    "$py" -m pip install --quiet -e ".[test,hf]"
 else
     echo "setup: using $py, which already has torch and triton; installing softlight into it (no downloads)"
     # Without build isolation the interpreter's own setuptools reads pyproject.toml, whose SPDX
@@ -60,6 +59,7 @@ else
     "$py" -m pip install --quiet --no-deps --no-build-isolation -e .
     # What the tests need besides torch and triton: the runtime dependencies and the test and
     # bench extras, read from pyproject.toml so that this list cannot drift from it.
+    # transformers (the hf extra) is left as it is: without it the Hugging Face tests skip.
     missing=$("$py" -c "
 import importlib.metadata, re, tomllib
 project = tomllib.load(open('pyproject.toml', 'rb'))['project']

@@ -118,3 +118,15 @@ def test_a_plain_wheel_holds_the_package_the_licence_and_lean_requirements(tmp_p
     assert "License-Expression: Apache-2.0" in metadata
     required = {line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")}
     assert {r for r in required if "extra ==" not in r} == {"torch>=2.4", "triton>=3.4", "numpy"}
+
+
+def test_softlight_hf_imports_without_transformers(monkeypatch):
+    """softlight.hf imports transformers only when patching, and says how to install it."""
+    import pytest
+    import torch
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    import softlight.hf
+
+    with pytest.raises(ImportError, match=r"softlight\[hf\]"):
+        softlight.hf.patch(torch.nn.Linear(2, 3))
