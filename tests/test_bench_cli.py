@@ -296,7 +296,7 @@ def test_run_check_rejects_bad_arguments():
 def test_every_command_describes_itself_in_sentences():
     """`softlight COMMAND --help` opens with a description of whole sentences."""
     subcommands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subcommands.choices) == {"bench", "report", "compare", "check", "stability", "compile"}
+    assert set(subcommands.choices) == {"bench", "report", "compare", "check", "stability", "compile", "train-step"}
     for name, sub in subcommands.choices.items():
         text = sub.description or ""
         assert len(text) > 40 and text[0].isupper() and text.endswith("."), name
