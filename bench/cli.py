@@ -132,7 +132,7 @@ def _stability(out, dtypes=None, cases=None) -> int:
 
     label = stability.device_label()
     folder = Path(out) / slugify(label)
-    print(f"softlight stability on {label}: {len(cases or stability.CATALOGUE)} cases of the catalogue", flush=True)
+    print(f"softlight stability on {label}: {len(cases or stability.NAMES)} cases of the catalogue", flush=True)
     df = stability.run_study(dtypes=dtypes, cases=cases)
     title = f"Numerical stability: {label}" + (" (Triton's interpreter on the CPU)" if label == "interpreter" else "")
     stability.write_report(df, str(folder), title)
@@ -147,7 +147,7 @@ def _stability(out, dtypes=None, cases=None) -> int:
 def cmd_stability(args) -> int:
     from softlight.bench import stability
 
-    names = [c.name for c in stability.CATALOGUE]
+    names = stability.NAMES
     unknown = [c for c in args.case or [] if c not in names]
     if unknown:
         raise UsageError(f"--case: unknown case(s) {', '.join(map(repr, unknown))}; the catalogue has: {', '.join(names)}")

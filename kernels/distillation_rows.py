@@ -156,12 +156,14 @@ def kept_count(target, ignore_index: int, n_rows: int, dtype, device) -> torch.T
 
 def reduce_rows(rows, o: DistillationOptions, total, row_shape):
     """Per-row divergences reduced as o.reduction says; a mean over no kept row is NaN (0/0, as
-    torch's losses)."""
+    torch's losses). The sum runs in float64 and is rounded once: rows near fp32's largest value
+    (divergences of logits near it) then have a finite mean, and the mean its last bit."""
     if o.reduction == "none":
         return rows.reshape(row_shape)
+    total_sum = rows.sum(dtype=torch.float64)
     if o.reduction == "sum":
-        return rows.sum()
-    return torch.where(total != 0, rows.sum() / total, float("nan"))
+        return total_sum.to(rows.dtype)
+    return torch.where(total != 0, total_sum / total, float("nan")).to(rows.dtype)
 
 
 def rows_gradient(grad_loss, o: DistillationOptions, total, row_shape):
