@@ -41,7 +41,6 @@ import numpy as np
 import torch
 
 from softlight import reference as ref
-from softlight.reference import distillation as ref_distillation
 
 from .spec import DIRECTIONS, DISTILLATION_OPS, LINEAR_OPS, OPS
 
@@ -211,7 +210,7 @@ class Reference:
             divergence = DIVERGENCE[inputs.op]
             self.loss = _mean_divergence(inputs.x, inputs.teacher, divergence)
             teacher = _numpy(inputs.teacher[index])
-            self.grads = (ref_distillation.distillation_backward(x, teacher, 1.0 / rows, divergence, JSD_BETA,
+            self.grads = (ref.distillation_backward(x, teacher, 1.0 / rows, divergence, JSD_BETA,
                                                                  reduction="sum")[0],)
         elif inputs.op == "token_logprobs":
             ids = inputs.target[index].cpu().numpy()
@@ -273,8 +272,8 @@ class Reference:
         def block(rows_):
             zs = _numpy(torch.nn.functional.linear(h[rows_], weight))
             zt = _numpy(torch.nn.functional.linear(inputs.teacher[rows_], inputs.teacher_weight))
-            loss = float(np.sum(ref_distillation.divergence_rows(zs, zt, "jsd", JSD_BETA)))
-            dz = ref_distillation.distillation_backward(zs, zt, 1.0 / rows, "jsd", JSD_BETA, reduction="sum")[0]
+            loss = float(np.sum(ref.divergence_rows(zs, zt, "jsd", JSD_BETA)))
+            dz = ref.distillation_backward(zs, zt, 1.0 / rows, "jsd", JSD_BETA, reduction="sum")[0]
             picked = sampled[(sampled >= rows_.start) & (sampled < rows_.stop)] - rows_.start
             return loss, dz[:, self.vocab], dz[picked]
 
@@ -402,7 +401,7 @@ def _mean_divergence(student: torch.Tensor, teacher: torch.Tensor, divergence: s
     rows, cols = student.shape
 
     def block(rows_):
-        return float(np.sum(ref_distillation.divergence_rows(_numpy(student[rows_]), _numpy(teacher[rows_]),
+        return float(np.sum(ref.divergence_rows(_numpy(student[rows_]), _numpy(teacher[rows_]),
                                                              divergence, JSD_BETA)))
 
     return np.array(sum(_over_row_blocks(rows, cols, block)) / rows)

@@ -53,8 +53,9 @@ computes the op on logits / T; without it the stability study divides the logits
 user of that provider would).
 
 Built-in providers: softlight, torch (eager), torch.compile, liger (Liger-Kernel: also its KL,
-JSD and fused linear JSD for the distillation ops) and quack, the last two only when importable. Other providers come from `--provider MODULE:ATTR` (or
-NAME=MODULE:ATTR) and from the entry point group "softlight.providers" of installed packages.
+JSD and fused linear JSD for the distillation ops) and quack, the last two only when importable.
+Other providers come from `--provider MODULE:ATTR` (or NAME=MODULE:ATTR) and from the entry
+point group "softlight.providers" of installed packages.
 """
 
 import importlib

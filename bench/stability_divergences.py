@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from softlight import reference as ref
-from softlight.reference import distillation as ref_distillation
 
 from . import ops
 
@@ -177,8 +176,8 @@ def float64_reference(op, s, t, T, naive=False):
     exp(x) / sum exp(x) probabilities and p log(p / q) terms, without the shift by the max."""
     divergence = ops.DIVERGENCE[op]
     if not naive:
-        return (ref_distillation.divergence_rows(s, t, divergence, ops.JSD_BETA, T),
-                ref_distillation.distillation_backward(s, t, np.ones(len(s)), divergence, ops.JSD_BETA, T,
+        return (ref.divergence_rows(s, t, divergence, ops.JSD_BETA, T),
+                ref.distillation_backward(s, t, np.ones(len(s)), divergence, ops.JSD_BETA, T,
                                                        reduction="none")[0])
     with np.errstate(all="ignore"):
         ps, pt = ref.naive_softmax(s, temperature=T), ref.naive_softmax(t, temperature=T)
@@ -199,7 +198,7 @@ def exact(op, s, t, T, small, digits):
     if small:
         with mpmath.workdps(digits):
             for i in range(len(s)):
-                if not (np.all(np.isfinite(s[i]) | np.isneginf(s[i])) and np.all(np.isfinite(t[i]) | np.isneginf(t[i]))):
+                if not all(np.all(np.isfinite(row) | np.isneginf(row)) for row in (s[i], t[i])):
                     continue  # NaN or +inf: NaN, as the float64 formula gives
                 found = _mp_row(s[i], t[i], T, op)
                 if found is None:

@@ -6,7 +6,7 @@
     loss = softlight.cross_entropy(logits, target, label_smoothing=0.1, z_loss=1e-4)
     loss = softlight.linear_cross_entropy(hidden, lm_head.weight, labels)   # never holds the logits
     logp, entropy = softlight.token_logprobs(logits, ids, return_entropy=True)
-    kl = softlight.distillation_loss(student_logits, teacher_logits)        # KL(p_t || p_s), exact, no (N, V) temporaries
+    kl = softlight.distillation_loss(student_logits, teacher_logits)         # KL(p_t || p_s), exact
 
 softlight.reference is the float64 NumPy reference the kernels are checked against, and
 softlight.bench the benchmark and report tools.

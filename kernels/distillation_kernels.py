@@ -204,7 +204,7 @@ def distillation_forward_kernel(
     inv_norm_t = (1.0 / d_t)[:, None]
     log_norm_ratio = log_d_t - log_d_s
 
-    # Pass 2: each class's terms, all >= 0, and G = sum_c (p_s - p_t) (see _newton_step).
+    # Pass 2: each class's terms, all >= 0, and G = sum_c (p_s - p_t) for the Newton step (module docstring).
     k_t = tl.zeros((ROWS,), ACC)
     k_s = tl.zeros((ROWS,), ACC)
     G = tl.zeros((ROWS,), ACC)
@@ -230,7 +230,7 @@ def distillation_forward_kernel(
     k_s = tl.where(kept, k_s, 0.0)
     G = tl.where(kept, G, 0.0)
 
-    # The Newton step of _newton_step: the loss at the consistent log-ratio, and that log-ratio
+    # The Newton step (module docstring): the loss at the consistent log-ratio, and that log-ratio
     # for backward. The KLs' own sums are their losses (backward reads K), the JSD's two are not
     # corrected (backward reads each beside a log-ratio of order r, where O(G^2) is far below an ulp).
     # (A divergence is >= 0; where() keeps a NaN row NaN, which tl.maximum need not.)

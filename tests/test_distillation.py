@@ -12,7 +12,6 @@ import softlight
 from softlight import reference as ref
 from softlight.distillation_rows import DistillationOptions
 from softlight.linear_distillation_op import LinearDistillationOptions
-from softlight.reference import distillation as ref_distillation
 from support import DTYPES, assert_close, to_numpy
 
 DIVERGENCES = ("kl", "reverse_kl", "jsd")
@@ -36,12 +35,12 @@ def check_against_reference(student, teacher, target=None, teacher_grad=True, **
     acc = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) else torch.float32
     assert loss.dtype == acc
     np_target = None if target is None else target.cpu().numpy()
-    want = ref_distillation.distillation(to_numpy(student), to_numpy(teacher), target=np_target, **options)
+    want = ref.distillation(to_numpy(student), to_numpy(teacher), target=np_target, **options)
     err = ref.relative_error(to_numpy(loss), want)
     assert err <= LOSS_TOLERANCE, f"loss relative error {err:.2e}"
     grad = random_gradient(loss)
     grads = torch.autograd.grad(loss, (s, t) if teacher_grad else (s,), grad)
-    expected = ref_distillation.distillation_backward(to_numpy(student), to_numpy(teacher), to_numpy(grad),
+    expected = ref.distillation_backward(to_numpy(student), to_numpy(teacher), to_numpy(grad),
                                                       target=np_target, **options)
     for name, got, want in zip(("student", "teacher"), grads, expected):
         assert got.dtype == (student if name == "student" else teacher).dtype and got.shape == student.shape
@@ -126,7 +125,7 @@ def test_nearly_equal_distributions_keep_their_digits(divergence, device):
     s = student.clone().requires_grad_()
     softlight.distillation_loss(s, teacher, divergence=divergence, reduction="sum").backward()
     # The float64 formulas are exact enough for the gradient (first order in the difference).
-    expected, _ = ref_distillation.distillation_backward(to_numpy(student), to_numpy(teacher), 1.0,
+    expected, _ = ref.distillation_backward(to_numpy(student), to_numpy(teacher), 1.0,
                                                          divergence=divergence, reduction="sum")
     assert ref.relative_error(to_numpy(s.grad), expected) < 1e-6
     same = softlight.distillation_loss(s, student, divergence=divergence, reduction="none")
@@ -275,12 +274,12 @@ def check_linear_against_reference(student, teacher, target=None, chunk_size=Non
     np_target = None if target is None else target.cpu().numpy()
     args = (np_models[0][0], np_models[0][1], np_models[1][0], np_models[1][1])
     biases = dict(student_bias=np_models[0][2], teacher_bias=np_models[1][2])
-    want = ref_distillation.linear_distillation(*args, **biases, **logits, target=np_target, **options)
+    want = ref.linear_distillation(*args, **biases, **logits, target=np_target, **options)
     assert loss.dtype == torch.float32 and ref.relative_error(to_numpy(loss), want) <= LOSS_TOLERANCE
     grad = random_gradient(loss)
     wanted = [t for model in leaves for t in model if t is not None and t.requires_grad]
     grads = dict(zip(map(id, wanted), torch.autograd.grad(loss, wanted, grad)))
-    expected = ref_distillation.linear_distillation_backward(*args, to_numpy(grad), **biases, **logits,
+    expected = ref.linear_distillation_backward(*args, to_numpy(grad), **biases, **logits,
                                                              target=np_target, **options)
     for model, model_expected, side in zip(leaves, expected, ("student", "teacher")):
         for t, want, name in zip(model, model_expected, ("hidden", "weight", "bias")):
@@ -400,7 +399,8 @@ def test_bad_input_is_rejected(device):
         (TypeError, "target must hold class indices", lambda: dl(s, t, target=target.float())),
         (ValueError, "target must have shape \\(4,\\)", lambda: dl(s, t, target=target[:2])),
         (RuntimeError, "teacher_logits is on device meta", lambda: dl(s, t.to("meta"))),
-        (ValueError, "teacher_weight has a vocabulary of 11", lambda: ldl(hs, ws, ht, torch.randn(11, 6, device=device))),
+        (ValueError, "teacher_weight has a vocabulary of 11",
+         lambda: ldl(hs, ws, ht, torch.randn(11, 6, device=device))),
         (ValueError, "teacher_weight has hidden size 6 .* but teacher_hidden has 5",
          lambda: ldl(hs, ws, torch.randn(4, 5, device=device), wt)),
         (ValueError, "teacher_hidden has tokens of shape \\(3,\\)", lambda: ldl(hs, ws, ht[:3], wt)),
