@@ -116,7 +116,8 @@ def test_nearly_equal_distributions_keep_their_digits(divergence, device):
     loss = softlight.distillation_loss(student, teacher, divergence=divergence, reduction="none")
     exact = torch.tensor([exact_divergence(student[i].tolist(), teacher[i].tolist(), divergence) for i in range(2)])
     assert 1e-13 < exact.min() and exact.max() < 1e-9
-    assert ((loss.cpu().double() - exact).abs() / exact).max() < 5e-7, (loss, exact)
+    # 16 fp32 ulps; measured over 145 seeds: at most 2.8e-7 (the KL), 2.1e-7 (the JSD).
+    assert ((loss.cpu().double() - exact).abs() / exact).max() < 1e-6, (loss, exact)
     if divergence != "jsd":
         first, second = (teacher, student) if divergence == "kl" else (student, teacher)
         textbook = F.kl_div(torch.log_softmax(second, -1), torch.log_softmax(first, -1), log_target=True,
