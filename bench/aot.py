@@ -30,7 +30,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from softlight import cross_entropy_op, launch, softmax_op, token_logprobs_op
+from softlight import cross_entropy_op, distillation_op, launch, softmax_op, token_logprobs_op
 
 TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
                 torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
@@ -132,10 +132,26 @@ def _token_logprobs_launches():
     return found
 
 
+def _distillation_launches():
+    found = []
+    for dtype in DTYPE_NAME:
+        # The KL (with the teacher's gradient too) and the JSD on an odd vocabulary (50257, rows not
+        # 16-byte aligned) with rows skipped by a target; in bf16 also the KL on whole blocks without
+        # a target (vector loads). The reverse KL is the KL's code with the roles swapped.
+        for divergence in ("kl", "jsd"):
+            found += _labelled(distillation_op.kernel_launches((64, 50257), dtype, divergence=divergence, target=True,
+                                                               teacher_grad=divergence == "kl"),
+                               f"{DTYPE_NAME[dtype]}, 50257 cols, {divergence}")
+        if dtype == torch.bfloat16:
+            found += _labelled(distillation_op.kernel_launches((64, 32768), dtype), "bf16, 32768 cols, kl")
+    return found
+
+
 def variants():
     """Every kernel variant the launch code produces: each dtype, each strategy, each option set."""
     launches = [_specialize(made, label) for made, label in
-                _softmax_launches() + _cross_entropy_launches() + _token_logprobs_launches()]
+                _softmax_launches() + _cross_entropy_launches() + _token_logprobs_launches()
+                + _distillation_launches()]
     # The same kernel variant reached from several row lengths is compiled once.
     unique = {}
     for variant in launches:

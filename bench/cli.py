@@ -101,8 +101,8 @@ def _selection(p, directions=True):
     p.add_argument("--dtype", nargs="+", type=_argument(dtype_name), metavar="DTYPE",
                    help="bfloat16, float16, float32 (or bf16, fp16, fp32)")
     p.add_argument("--shape", nargs="+", type=_argument(parse_shape), metavar="ROWSxCOLS[xHIDDEN]",
-                   help="shapes, e.g. 4096x32000; linear_cross_entropy takes tokens x vocabulary x hidden size, "
-                        "e.g. 8192x128256x4096 (without the hidden size: its grid's)")
+                   help="shapes, e.g. 4096x32000; the linear ops (linear_cross_entropy, linear_distillation_jsd) take "
+                        "tokens x vocabulary x hidden size, e.g. 8192x128256x4096 (without the hidden size: their grid's)")
     p.add_argument("--provider", nargs="+", metavar="PROVIDER",
                    help="registered names (softlight, torch, torch.compile, liger, quack, plugins), "
                         "MODULE:ATTR or NAME=MODULE:ATTR")
@@ -174,7 +174,7 @@ def _stability(out, dtypes=None, cases=None) -> int:
 
     label = stability.device_label()
     folder = Path(out) / slugify(label)
-    print(f"softlight stability on {label}: {len(cases or stability.CATALOGUE)} cases of the catalogue", flush=True)
+    print(f"softlight stability on {label}: {len(cases or stability.NAMES)} cases of the catalogue", flush=True)
     df = stability.run_study(dtypes=dtypes, cases=cases)
     title = f"Numerical stability: {label}" + (" (Triton's interpreter on the CPU)" if label == "interpreter" else "")
     stability.write_report(df, str(folder), title)
@@ -189,7 +189,7 @@ def _stability(out, dtypes=None, cases=None) -> int:
 def cmd_stability(args) -> int:
     from softlight.bench import stability
 
-    names = [c.name for c in stability.CATALOGUE]
+    names = stability.NAMES
     unknown = [c for c in args.case or [] if c not in names]
     if unknown:
         raise UsageError(f"--case: unknown case(s) {', '.join(map(repr, unknown))}; the catalogue has: {', '.join(names)}")
@@ -356,7 +356,7 @@ def parser() -> argparse.ArgumentParser:
                  needs=("pandas", "matplotlib", "tqdm", "mpmath"))
     _selection(p)
     p.add_argument("--quick", action="store_true", help="a small grid: 4 column counts and one rows point, bf16 only "
-                                                        "(linear_cross_entropy: 8192 tokens, vocabulary 32000 and 262144)")
+                                                        "(the linear ops: 8192 tokens, vocabulary 32000 and 262144)")
     p.add_argument("--out", default="reports", help="reports folder (default: reports)")
     p.add_argument("--fresh", action="store_true",
                    help="start a new results table instead of merging into the device's existing one")

@@ -25,6 +25,12 @@ From there everything is float64 NumPy:
 
 At the grid's largest point that is 2**32 logits read in float64, so the blocks of rows go to a
 pool of threads (NumPy's ufuncs and torch's copies release the GIL).
+
+The distillation ops (distillation_kl, distillation_jsd: a student's logits against a teacher's,
+mean over rows; linear_distillation_jsd from both models' hidden states) are checked the same way:
+the mean divergence over every row by the float64 reference (reference/distillation.py), the
+student's gradient on sampled rows (and for the linear op d hidden on sampled rows and d weight on
+sampled classes, from each block of rows' full d logits). The teacher needs no gradient.
 """
 
 import os
@@ -36,7 +42,7 @@ import torch
 
 from softlight import reference as ref
 
-from .spec import DIRECTIONS, LINEAR_OPS, OPS
+from .spec import DIRECTIONS, DISTILLATION_OPS, LINEAR_OPS, OPS
 
 __all__ = ["TORCH_DTYPES", "Inputs", "Reference", "Verdict", "make_inputs", "verify", "with_temperature", "timed_call"]
 
@@ -49,7 +55,10 @@ _WORKERS = min(8, os.cpu_count() or 1)
 _FORWARD_REF = {"softmax": ref.softmax, "log_softmax": ref.log_softmax}
 _BACKWARD_REF = {"softmax": ref.softmax_backward, "log_softmax": ref.log_softmax_backward}
 # Ops whose output is one number: a mean loss.
-_SCALAR_OPS = ("cross_entropy", "linear_cross_entropy")
+_SCALAR_OPS = ("cross_entropy", "linear_cross_entropy", "linear_distillation_jsd") + DISTILLATION_OPS
+# The divergence each distillation op measures, and the JSD's beta.
+DIVERGENCE = {"distillation_kl": "kl", "distillation_jsd": "jsd", "linear_distillation_jsd": "jsd"}
+JSD_BETA = 0.5
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
@@ -64,11 +73,13 @@ def _dtype_name(dtype: torch.dtype) -> str:
 class Inputs:
     """One case's inputs.
 
-    x: the input of softmax and log_softmax, the logits (rows, cols) of cross_entropy and
-    token_logprobs, the hidden states (rows, hidden) of linear_cross_entropy. weight: the
-    (cols, hidden) output projection of linear_cross_entropy. target: int64 class indices or
-    token ids, one per row. dy: the incoming gradient of the output; None for a mean loss, whose
-    gradient is 1.
+    x: the input of softmax and log_softmax, the logits (rows, cols) of cross_entropy,
+    token_logprobs and the student of the distillation ops, the hidden states (rows, hidden) of
+    the linear ops (the student's for linear_distillation_jsd). weight: the (cols, hidden) output
+    projection of the linear ops. target: int64 class indices or token ids, one per row. teacher,
+    teacher_weight: the teacher's logits (rows, cols) of the distillation ops, its hidden states and
+    output projection for linear_distillation_jsd; they need no gradient. dy: the incoming gradient
+    of the output; None for a mean loss, whose gradient is 1.
     """
 
     op: str
@@ -76,19 +87,25 @@ class Inputs:
     dy: torch.Tensor | None = None
     target: torch.Tensor | None = None
     weight: torch.Tensor | None = None
+    teacher: torch.Tensor | None = None
+    teacher_weight: torch.Tensor | None = None
 
     def args(self) -> tuple:
         """What a provider's function receives, in order."""
         if self.op == "linear_cross_entropy":
             return self.x, self.weight, self.target
+        if self.op == "linear_distillation_jsd":
+            return self.x, self.weight, self.teacher, self.teacher_weight
         if self.op in ("cross_entropy", "token_logprobs"):
             return self.x, self.target
+        if self.op in DISTILLATION_OPS:
+            return self.x, self.teacher
         return (self.x,)
 
     @property
     def differentiable(self) -> tuple:
         """The inputs whose gradients are checked and timed."""
-        return (self.x, self.weight) if self.op == "linear_cross_entropy" else (self.x,)
+        return (self.x, self.weight) if self.op in LINEAR_OPS else (self.x,)
 
     def call(self, fn):
         return fn(*self.args())
@@ -100,15 +117,17 @@ class Inputs:
             return None if t is None else t.detach().clone().requires_grad_(requires_grad)
 
         return Inputs(self.op, copy(self.x), None if self.dy is None else self.dy.clone(), self.target,
-                      copy(self.weight))
+                      copy(self.weight), self.teacher, self.teacher_weight)
 
 
 def make_inputs(op: str, rows: int, cols: int, dtype: str, device, generator: torch.Generator,
                 hidden: int = 0) -> Inputs:
     """Fresh random inputs: logits of standard deviation 4 (sharp rows, as trained models give),
     dy of standard deviation 1 (token_logprobs: magnitude 0.5 to 2, either sign), targets uniform
-    over the classes. linear_cross_entropy: hidden states of standard deviation 1 and a weight of
-    standard deviation 4 / sqrt(hidden), so that its logits have standard deviation 4 too."""
+    over the classes; for the distillation ops a teacher's logits drawn the same way. The linear
+    ops: hidden states of standard deviation 1 and a weight of standard deviation 4 / sqrt(hidden),
+    so that their logits have standard deviation 4 too (the teacher of linear_distillation_jsd
+    likewise, of the same hidden size)."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}, got {op!r}")
     if op in LINEAR_OPS and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
@@ -126,7 +145,13 @@ def make_inputs(op: str, rows: int, cols: int, dtype: str, device, generator: to
     if op == "linear_cross_entropy":
         weight = randn(cols, hidden).mul_(4 / hidden**0.5).to(torch_dtype)
         return Inputs(op, randn(rows, hidden).to(torch_dtype), target=targets(), weight=weight)
+    if op == "linear_distillation_jsd":
+        weights = [randn(cols, hidden).mul_(4 / hidden**0.5).to(torch_dtype) for _ in range(2)]
+        hiddens = [randn(rows, hidden).to(torch_dtype) for _ in range(2)]
+        return Inputs(op, hiddens[0], weight=weights[0], teacher=hiddens[1], teacher_weight=weights[1])
     x = randn(rows, cols).mul_(4).to(torch_dtype)
+    if op in DISTILLATION_OPS:
+        return Inputs(op, x, teacher=randn(rows, cols).mul_(4).to(torch_dtype))
     if op == "cross_entropy":
         return Inputs(op, x, target=targets())
     if op == "token_logprobs":
@@ -174,7 +199,7 @@ class Reference:
 
     def __init__(self, inputs: Inputs, generator: torch.Generator | None = None):
         self.inputs = inputs
-        if inputs.op == "linear_cross_entropy":
+        if inputs.op in LINEAR_OPS:
             self._linear(generator)
             return
         rows, cols = inputs.x.shape
@@ -186,6 +211,12 @@ class Reference:
             self.loss = _mean_cross_entropy(inputs.x, inputs.target)
             # The gradient of the mean over all rows, on the sampled rows.
             self.grads = (ref.cross_entropy_backward(x, target, grad_output=1.0 / rows, reduction="sum"),)
+        elif inputs.op in DISTILLATION_OPS:
+            divergence = DIVERGENCE[inputs.op]
+            self.loss = _mean_divergence(inputs.x, inputs.teacher, divergence)
+            teacher = _numpy(inputs.teacher[index])
+            self.grads = (ref.distillation_backward(x, teacher, 1.0 / rows, divergence, JSD_BETA,
+                                                                 reduction="sum")[0],)
         elif inputs.op == "token_logprobs":
             ids = inputs.target[index].cpu().numpy()
             self.y = ref.token_logprobs(x, ids)[0]
@@ -196,6 +227,9 @@ class Reference:
         self._index = index
 
     def _linear(self, generator):
+        if self.inputs.op == "linear_distillation_jsd":
+            self._linear_distillation(generator)
+            return
         h, weight, target = self.inputs.x, self.inputs.weight, self.inputs.target
         rows, cols = h.shape[0], weight.shape[0]
         self.rows = _sample_rows(rows, cols, generator)
@@ -228,6 +262,37 @@ class Reference:
         self._index = torch.as_tensor(sampled, device=device)
         self._grad_index = (self._index, torch.as_tensor(self.vocab, device=device))
 
+    def _linear_distillation(self, generator):
+        """As _linear, for the JSD of the student's logits from the teacher's: the loss over every
+        row, the student's d hidden on sampled rows and d weight on sampled classes, each row's
+        d logits from the reference's JSD gradient of its two rows of logits (made as `F.linear`
+        makes them in the run's dtype)."""
+        inputs = self.inputs
+        h, weight = inputs.x, inputs.weight
+        rows, cols = h.shape[0], weight.shape[0]
+        self.rows = _sample_rows(rows, cols, generator)
+        self.vocab = _sample_vocab(cols, rows, np.zeros(0, dtype=np.int64), generator)
+        sampled = self.rows
+
+        def block(rows_):
+            zs = _numpy(torch.nn.functional.linear(h[rows_], weight))
+            zt = _numpy(torch.nn.functional.linear(inputs.teacher[rows_], inputs.teacher_weight))
+            loss = float(np.sum(ref.divergence_rows(zs, zt, "jsd", JSD_BETA)))
+            dz = ref.distillation_backward(zs, zt, 1.0 / rows, "jsd", JSD_BETA, reduction="sum")[0]
+            picked = sampled[(sampled >= rows_.start) & (sampled < rows_.stop)] - rows_.start
+            return loss, dz[:, self.vocab], dz[picked]
+
+        parts = _over_row_blocks(rows, cols, block, min_rows=MIN_LINEAR_BLOCK_ROWS)
+        self.loss = np.array(sum(p[0] for p in parts) / rows)
+        dz = np.concatenate([p[2] for p in parts])
+        grad_hidden = np.zeros((len(sampled), weight.shape[1]))
+        step = max(1, SAMPLE_ELEMENTS // weight.shape[1])
+        for start in range(0, cols, step):
+            grad_hidden += dz[:, start:start + step] @ _numpy(weight[start:start + step])
+        self.grads = (grad_hidden, np.concatenate([p[1] for p in parts]).T @ _numpy(h))
+        self._index = torch.as_tensor(sampled, device=h.device)
+        self._grad_index = (self._index, torch.as_tensor(self.vocab, device=h.device))
+
     def _expected_shape(self) -> tuple | None:
         """The output's shape; None for a mean loss (any shape of one element)."""
         if self.inputs.op in _SCALAR_OPS:
@@ -257,7 +322,7 @@ class Reference:
         """The gradients of the differentiable inputs (Inputs.differentiable), the worst of
         them; for softmax ops the reference backward takes the provider's own output, so that
         the rounding of its forward is not charged to its backward."""
-        names = ("hidden", "weight") if self.inputs.op == "linear_cross_entropy" else ("x",)
+        names = ("hidden", "weight") if self.inputs.op in LINEAR_OPS else ("x",)
         verdict = None
         for i, (name, grad, wrt) in enumerate(zip(names, grads, self.inputs.differentiable)):
             if grad is None:
@@ -269,7 +334,7 @@ class Reference:
             tol = _tolerance(grad.dtype, f"gradient of {name}")
             if isinstance(tol, Verdict):
                 return tol
-            if self.inputs.op == "linear_cross_entropy":
+            if self.inputs.op in LINEAR_OPS:
                 expected = self.grads[i]
                 got = _numpy(grad[self._grad_index[i]])
             elif self.inputs.op in _BACKWARD_REF:
@@ -332,6 +397,17 @@ def _mean_cross_entropy(x: torch.Tensor, target: torch.Tensor) -> np.ndarray:
     def block(rows_):
         logits, t = _numpy(x[rows_]), targets[rows_]
         return float(np.sum(ref.logsumexp(logits, axis=-1) - logits[np.arange(len(t)), t]))
+
+    return np.array(sum(_over_row_blocks(rows, cols, block)) / rows)
+
+
+def _mean_divergence(student: torch.Tensor, teacher: torch.Tensor, divergence: str) -> np.ndarray:
+    """The reference mean divergence over every row, a few rows at a time."""
+    rows, cols = student.shape
+
+    def block(rows_):
+        return float(np.sum(ref.divergence_rows(_numpy(student[rows_]), _numpy(teacher[rows_]),
+                                                             divergence, JSD_BETA)))
 
     return np.array(sum(_over_row_blocks(rows, cols, block)) / rows)
 

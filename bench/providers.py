@@ -1,7 +1,8 @@
 """Providers: the implementations the benchmark runs side by side.
 
 A provider is a callable that takes an op name ("softmax", "log_softmax", "cross_entropy",
-"token_logprobs" or "linear_cross_entropy") and returns the function computing that op, or None
+"token_logprobs", "linear_cross_entropy", "distillation_kl", "distillation_jsd" or
+"linear_distillation_jsd") and returns the function computing that op, or None
 when it does not implement it:
 
     def provider(op: str) -> Callable | Impl | None
@@ -32,6 +33,18 @@ benchmark's device and returns a tensor that torch autograd can differentiate:
                                                of cross_entropy(hidden @ weight.T, target), a
                                                0-d tensor of any float dtype, differentiable in
                                                hidden and weight (no bias)
+    distillation_kl,       fn(student, teacher) -> loss
+    distillation_jsd                           student, teacher: (rows, cols) logits of the run's
+                                               dtype, the teacher without grad; loss: the mean
+                                               over rows of KL(p_t || p_s) (distillation_kl) or of
+                                               0.5 KL(p_t || m) + 0.5 KL(p_s || m), m = (p_t + p_s)/2
+                                               (distillation_jsd), p = softmax of the logits, a
+                                               0-d tensor of any float dtype
+    linear_distillation_jsd:  fn(hidden, weight, teacher_hidden, teacher_weight) -> loss
+                                               the distillation_jsd loss of hidden @ weight.T
+                                               against teacher_hidden @ teacher_weight.T (all of
+                                               the run's dtype, (rows, H) and (cols, H); no bias),
+                                               differentiable in hidden and weight
 
 Wrap the function in Impl to exclude directions it cannot be timed in alone (for example a
 backward pass that only rescales a gradient computed during forward), to add a note, or to say
@@ -39,9 +52,10 @@ which keyword options it takes natively (`options=("temperature",)`: fn(..., tem
 computes the op on logits / T; without it the stability study divides the logits first, as a
 user of that provider would).
 
-Built-in providers: softlight, torch (eager), torch.compile, liger (Liger-Kernel) and quack,
-the last two only when importable. Other providers come from `--provider MODULE:ATTR` (or
-NAME=MODULE:ATTR) and from the entry point group "softlight.providers" of installed packages.
+Built-in providers: softlight, torch (eager), torch.compile, liger (Liger-Kernel: also its KL,
+JSD and fused linear JSD for the distillation ops) and quack, the last two only when importable.
+Other providers come from `--provider MODULE:ATTR` (or NAME=MODULE:ATTR) and from the entry
+point group "softlight.providers" of installed packages.
 """
 
 import importlib
@@ -100,8 +114,9 @@ _GRADIENT_IN_FORWARD = ("forward", "forward+backward")
 def _softlight(op):
     import softlight
 
-    if op == "linear_cross_entropy":
-        return Impl(softlight.linear_cross_entropy, directions=_GRADIENT_IN_FORWARD,
+    if op in ("linear_cross_entropy", "linear_distillation_jsd"):
+        fn = softlight.linear_cross_entropy if op == "linear_cross_entropy" else _softlight_linear_jsd
+        return Impl(fn, directions=_GRADIENT_IN_FORWARD,
                     note="softlight computes a mean loss's gradients during forward; its backward only rescales "
                          "them, so it is not timed alone")
     fn = {
@@ -109,8 +124,18 @@ def _softlight(op):
         "log_softmax": lambda x, temperature=1.0: softlight.log_softmax(x, -1, temperature=temperature),
         "cross_entropy": softlight.cross_entropy,
         "token_logprobs": softlight.token_logprobs,
+        "distillation_kl": lambda s, t, temperature=1.0: softlight.distillation_loss(s, t, temperature=temperature),
+        "distillation_jsd": lambda s, t, temperature=1.0: softlight.distillation_loss(
+            s, t, divergence="jsd", beta=0.5, temperature=temperature),
     }[op]
     return Impl(fn, options=("temperature",))  # fused into the kernels
+
+
+def _softlight_linear_jsd(hidden, weight, teacher_hidden, teacher_weight):
+    import softlight
+
+    return softlight.linear_distillation_loss(hidden, weight, teacher_hidden, teacher_weight, divergence="jsd",
+                                              beta=0.5)
 
 
 def _torch_token_logprobs(logits, ids):
@@ -128,6 +153,35 @@ def _torch_linear_cross_entropy(hidden, weight, target):
     return F.cross_entropy(F.linear(hidden, weight).float(), target)
 
 
+def _torch_kl(student, teacher):
+    import torch
+    import torch.nn.functional as F
+
+    # What distillation code writes: KL(p_t || p_s) of the two log-softmaxes, in float32.
+    return F.kl_div(torch.log_softmax(student.float(), -1), torch.log_softmax(teacher.float(), -1),
+                    reduction="batchmean", log_target=True)
+
+
+def _torch_jsd(student, teacher, beta=0.5):
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    # The generalised JSD composed of torch ops: log m by logsumexp, then two KLs to it.
+    log_s, log_t = torch.log_softmax(student.float(), -1), torch.log_softmax(teacher.float(), -1)
+    log_m = torch.logsumexp(torch.stack([log_t + math.log(beta), log_s + math.log(1 - beta)]), 0)
+    return (beta * F.kl_div(log_m, log_t, reduction="batchmean", log_target=True)
+            + (1 - beta) * F.kl_div(log_m, log_s, reduction="batchmean", log_target=True))
+
+
+def _torch_linear_jsd(hidden, weight, teacher_hidden, teacher_weight):
+    import torch.nn.functional as F
+
+    # Both models' logits held whole, then the composition above.
+    return _torch_jsd(F.linear(hidden, weight), F.linear(teacher_hidden, teacher_weight))
+
+
 def _torch(op):
     import torch
 
@@ -137,6 +191,9 @@ def _torch(op):
         "cross_entropy": torch.nn.functional.cross_entropy,
         "token_logprobs": _torch_token_logprobs,
         "linear_cross_entropy": _torch_linear_cross_entropy,
+        "distillation_kl": _torch_kl,
+        "distillation_jsd": _torch_jsd,
+        "linear_distillation_jsd": _torch_linear_jsd,
     }[op]
 
 
@@ -169,6 +226,29 @@ def _liger(op):
                     note="Liger writes the gradient during forward; its backward only rescales it, so it is not timed alone")
     if op == "softmax":
         return getattr(liger, "liger_softmax", None)
+    return _liger_distillation(liger, op)
+
+
+def _liger_distillation(liger, op):
+    """Liger's KL and JSD take log-probabilities (the student's first): torch's float32
+    log-softmaxes feed them. Its JSD writes the gradient during forward (backward not timed
+    alone), as does its fused linear JSD, which takes both models' hidden states and weights."""
+    import torch
+
+    if op == "distillation_kl" and hasattr(liger, "liger_kl_div"):
+        return lambda s, t: liger.liger_kl_div(torch.log_softmax(s.float(), -1), torch.log_softmax(t.float(), -1),
+                                               reduction="batchmean", log_target=True)
+    if op == "distillation_jsd" and hasattr(liger, "liger_jsd"):
+        return Impl(lambda s, t: liger.liger_jsd(torch.log_softmax(s.float(), -1), torch.log_softmax(t.float(), -1),
+                                                 beta=0.5),
+                    directions=_GRADIENT_IN_FORWARD,
+                    note="Liger writes the gradient during forward; its backward only rescales it, so it is not "
+                         "timed alone")
+    if op == "linear_distillation_jsd" and hasattr(liger, "liger_fused_linear_jsd"):
+        return Impl(lambda h, w, th, tw: liger.liger_fused_linear_jsd(h, w, th, tw, jsd_beta=0.5),
+                    directions=_GRADIENT_IN_FORWARD,
+                    note="Liger computes the gradients during forward; its backward only rescales them, so it is "
+                         "not timed alone")
     return None
 
 

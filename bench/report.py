@@ -62,7 +62,10 @@ HOW_TO_READ = """## How to read this
   2 N V elements, backward 3 N V, forward+backward 5 N V. cross-entropy: forward N V + the N
   targets; backward and forward+backward 2 N V + the targets, what a kernel that writes the
   gradient during its forward pass needs; an implementation with a separate backward pass
-  moves 3 N V there, so it cannot pass about 67% of the ceiling.
+  moves 3 N V there, so it cannot pass about 67% of the ceiling. distillation_kl and
+  distillation_jsd (a student's logits against a teacher's): forward 2 N V (both read), backward
+  and forward+backward 3 N V (the student's gradient written); softlight's exact forward reads both
+  rows twice, so its forward+backward moves 7 N V and cannot pass about 43% of the ceiling.
 - Percent of ceiling: GB/s over a large device-to-device copy (bytes read + written) timed the
   same way in the same run.
 - Speedup over a peer: the peer's median time / softlight's, on the shapes where both ran;
@@ -164,7 +167,12 @@ LEAN_HOW_TO_READ = """What these ops are for is memory. `linear_cross_entropy` c
 hidden @ weight.T without ever holding the (N, V) logits, which torch's unfused path
 (`F.cross_entropy(F.linear(hidden, weight).float(), target)`) holds several times over: in the
 hidden dtype, in float32, as log-softmax and as their gradient. `token_logprobs` gives each row's
-log-probability of one token without writing an (N, V) log-softmax.
+log-probability of one token without writing an (N, V) log-softmax. `distillation_kl` and
+`distillation_jsd` give the exact divergence of a student's distribution from a teacher's with no
+(N, V) temporary beyond the gradient, where torch's composition holds both log-softmaxes and its
+elementwise terms; `linear_distillation_jsd` does it from both models' hidden states without
+holding either model's logits (matmul-bound like `linear_cross_entropy`: forward two matmuls, the
+two models' logits, backward two, the student's gradients, forward+backward four).
 
 - Peak memory: what one call allocates above its inputs (for backward and forward+backward the
   gradients it returns included), from torch's CUDA memory statistics. Less memory than a peer:

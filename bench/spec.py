@@ -4,11 +4,12 @@ model of each op (the fewest bytes it must move, or for a matmul-bound op its fl
 The report and compare commands read results tables with nothing but this module, pandas and
 matplotlib, so that a table can be re-rendered on any machine.
 
-Two kinds of op. The row ops (softmax, log_softmax, cross_entropy, token_logprobs) take given
-(rows, cols) logits and are bound by memory bandwidth: their rate is GB/s against the copy
-ceiling. The linear ops (linear_cross_entropy) start from hidden states, logits = hidden @
-weight.T, so their shape has a third size, the hidden size H, and their work is matmuls: their
-rate is TFLOP/s, and no percent of the copy ceiling applies to them.
+Two kinds of op. The row ops (softmax, log_softmax, cross_entropy, token_logprobs, and the
+divergences distillation_kl and distillation_jsd of a student's logits from a teacher's) take
+given (rows, cols) logits and are bound by memory bandwidth: their rate is GB/s against the copy
+ceiling. The linear ops (linear_cross_entropy, linear_distillation_jsd) start from hidden states,
+logits = hidden @ weight.T, so their shape has a third size, the hidden size H, and their work is
+matmuls: their rate is TFLOP/s, and no percent of the copy ceiling applies to them.
 """
 
 import re
@@ -18,6 +19,7 @@ __all__ = [
     "ROW_OPS",
     "LINEAR_OPS",
     "LEAN_OPS",
+    "DISTILLATION_OPS",
     "DIRECTIONS",
     "DTYPES",
     "ELEMENT_BYTES",
@@ -31,11 +33,14 @@ __all__ = [
     "UsageError",
 ]
 
-ROW_OPS = ("softmax", "log_softmax", "cross_entropy", "token_logprobs")
-LINEAR_OPS = ("linear_cross_entropy",)
+# The divergences between a student's and a teacher's logits: forward KL and the JSD (beta 0.5),
+# on given logits and from hidden states (distillation_loss, linear_distillation_loss).
+DISTILLATION_OPS = ("distillation_kl", "distillation_jsd")
+ROW_OPS = ("softmax", "log_softmax", "cross_entropy", "token_logprobs") + DISTILLATION_OPS
+LINEAR_OPS = ("linear_cross_entropy", "linear_distillation_jsd")
 OPS = ROW_OPS + LINEAR_OPS
 # The memory-lean losses: the report gives them a section of their own (peak memory first).
-LEAN_OPS = ("token_logprobs", "linear_cross_entropy")
+LEAN_OPS = ("token_logprobs", "linear_cross_entropy") + DISTILLATION_OPS + ("linear_distillation_jsd",)
 DIRECTIONS = ("forward", "backward", "forward+backward")
 DTYPES = ("bfloat16", "float16", "float32")
 ELEMENT_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -91,7 +96,11 @@ def bytes_moved(op: str, direction: str, rows: int, cols: int, dtype: str) -> in
     gradients and writes the gradient (2 N V elements + 12 N bytes). Forward+backward is the two
     in sequence (3 N V elements + 24 N bytes): unlike a mean loss's, the incoming gradient is one
     per row and arrives only after forward, so the logits must be read twice.
-    linear_cross_entropy has no bytes model: see matmul_flops.
+    distillation_kl, distillation_jsd: forward reads both (rows, cols) logits (2 N V elements);
+    backward reads them and writes the student's gradient (3 N V); forward+backward needs no more
+    than that (a kernel writing the gradient during its forward pass: 3 N V at best). softlight's
+    exact forward reads both rows twice and its backward is a pass of its own: 7 N V in all.
+    The linear ops have no bytes model: see matmul_flops.
     """
     _check_work_args(op, direction, dict(rows=rows, cols=cols))
     if op in LINEAR_OPS:
@@ -100,6 +109,8 @@ def bytes_moved(op: str, direction: str, rows: int, cols: int, dtype: str) -> in
     if op == "cross_entropy":
         passes = {"forward": 1, "backward": 2, "forward+backward": 2}[direction]
         return passes * elements + rows * TARGET_BYTES
+    if op in DISTILLATION_OPS:
+        return {"forward": 2, "backward": 3, "forward+backward": 3}[direction] * elements
     if op == "token_logprobs":
         per_row = TARGET_BYTES + LOGPROB_BYTES
         passes, row_passes = {"forward": (1, 1), "backward": (2, 1), "forward+backward": (3, 2)}[direction]
@@ -116,11 +127,16 @@ def matmul_flops(op: str, direction: str, rows: int, cols: int, hidden: int) -> 
     gradients of hidden and of weight); forward+backward the three, the fewest any
     implementation needs (recomputing the logits in backward would make it four). The
     cross-entropy on the logits, O(N V), is left out: it is small beside O(N H V).
+    linear_distillation_jsd (student and teacher of hidden size H, the teacher without gradient):
+    forward 2 (both models' logits), backward 2 (the student's d hidden and d weight),
+    forward+backward 4.
     """
     _check_work_args(op, direction, dict(rows=rows, cols=cols, hidden=hidden))
     if op not in LINEAR_OPS:
         raise ValueError(f"{op} is bandwidth-bound and measured in bytes (bytes_moved), not flops")
     matmuls = {"forward": 1, "backward": 2, "forward+backward": 3}[direction]
+    if op == "linear_distillation_jsd":
+        matmuls = {"forward": 2, "backward": 2, "forward+backward": 4}[direction]
     return matmuls * 2 * rows * hidden * cols
 
 

@@ -13,6 +13,9 @@ Error measures, per output element:
 - non-finite where finite: outputs that are inf or NaN although the exact answer, rounded to the
   output dtype, is finite; the goal is that softlight has none;
 - relative error ||out - exact|| / ||exact|| over the finite exact entries.
+
+The divergences (distillation_kl, distillation_jsd: a student's logits against a teacher's) have
+cases of their own, pairs of logits (bench/stability_divergences.py), in the same table.
 """
 
 import math
@@ -26,12 +29,13 @@ import torch
 import softlight
 from softlight import reference as ref
 
-from . import ops, providers
-from .spec import ROW_OPS
+from . import ops, providers, stability_divergences
+from .spec import DISTILLATION_OPS, ROW_OPS
 
 DTYPES = {name: ops.TORCH_DTYPES[name] for name in ("float32", "float16", "bfloat16")}
-# The row ops the catalogue covers (token_logprobs' outputs are one number a row: not yet).
-OPS = tuple(op for op in ROW_OPS if op != "token_logprobs")
+# The row ops the catalogue covers (token_logprobs' outputs are one number a row: not yet; the
+# divergences, two inputs each, have a catalogue of their own: bench/stability_divergences.py).
+OPS = tuple(op for op in ROW_OPS if op != "token_logprobs" and op not in DISTILLATION_OPS)
 MANTISSA_BITS = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 EXACT_DIGITS = 50
 INF = float("inf")
@@ -181,7 +185,9 @@ CATALOGUE = [
     Case("long rows 262144", _long_rows, small=False),
 ]
 QUICK = {"scale 1", "scale max/4", "near max", "fully masked rows", "+inf entry", "confident rows",
-         "target on -inf logit", "temperature 0.05, scale max/4"}
+         "target on -inf logit", "temperature 0.05, scale max/4"} | stability_divergences.QUICK
+# Every case's name, the divergences' included (--case takes any of them).
+NAMES = [c.name for c in CATALOGUE] + [c.name for c in stability_divergences.CATALOGUE]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,6 +352,8 @@ def run_study(dtypes=None, cases=None, device=None, seed=0):
                                             provider=provider, out_dtype=str(out_dtype).removeprefix("torch."),
                                             rows=x64.shape[0], cols=x64.shape[1], temperature=case.temperature,
                                             exact="mpmath" if case.small else "float64", **m, notes=case.notes))
+    records += stability_divergences.run_cases(measure, PROVIDERS, {name: DTYPES[name] for name in dtypes or DTYPES},
+                                               cases, device, seed, EXACT_DIGITS)
     return pd.DataFrame.from_records(records)
 
 
@@ -375,7 +383,10 @@ def markdown(df: pd.DataFrame, title: str) -> str:
              "the float64 reference for the 262144-column rows). Errors are in ulps of each provider's own output dtype "
              "(softlight's cross-entropy loss is float32; torch's has the logits' dtype); an output equal to the exact "
              "answer rounded to that dtype counts 0. *Non-finite* counts outputs that are inf or NaN where the exact "
-             "answer, rounded to the output dtype, is finite.", "",
+             "answer, rounded to the output dtype, is finite. The divergences (`distillation_kl`, `distillation_jsd`: "
+             "the `pair ...` cases) are each provider's mean over a case's four rows, against the exact mean, and its "
+             "gradient times four against each row's exact gradient; softlight's divergences are float32, and torch's "
+             "composition upcasts to float32 too.", "",
              "## Summary: worst case over the catalogue", "",
              "| op | direction | dtype | softlight max ulps | softlight median | softlight non-finite | torch max ulps | torch non-finite |",
              "|---|---|---|---|---|---|---|---|"]
@@ -413,7 +424,8 @@ def markdown(df: pd.DataFrame, title: str) -> str:
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["`!`: some output non-finite where the exact answer is finite.", "",
-              "Notes on cases:", ""] + [f"- {c.name}: {c.notes}" for c in CATALOGUE if c.notes]
+              "Notes on cases:", ""] + [f"- {c.name}: {c.notes}" for c in CATALOGUE + stability_divergences.CATALOGUE
+                                        if c.notes]
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "float_tensor",
     "device",
     "same_device",
+    "same_shape",
     "dim",
     "output_dtype",
     "temperature",
@@ -68,6 +69,12 @@ def device(fn: str, name: str, t: torch.Tensor) -> None:
 def same_device(fn: str, name: str, t: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
     if t.device != other.device:
         raise RuntimeError(f"{fn}: {name} is on {t.device} but {other_name} is on {other.device}")
+
+
+def same_shape(fn: str, name: str, t: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    if t.shape != other.shape:
+        raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)} but {other_name} has {tuple(other.shape)}; "
+                         "they must match")
 
 
 def dim(fn: str, value, ndim: int) -> int:
@@ -226,32 +233,33 @@ def cross_entropy_target(fn: str, target, input: torch.Tensor) -> None:
                          f"{tuple(input.shape)}, got {tuple(target.shape)}")
 
 
-def linear(fn: str, hidden, weight, bias) -> int:
+def linear(fn: str, hidden, weight, bias, names=("hidden", "weight", "bias")) -> int:
     """hidden (..., H), weight (V, H) and bias (V,) or None, of one floating dtype on one device
-    the kernels run on. Returns V."""
-    float_tensor(fn, "hidden", hidden)
-    device(fn, "hidden", hidden)
-    float_tensor(fn, "weight", weight)
+    the kernels run on (`names`: what the function calls the three). Returns V."""
+    h, w, b = names
+    float_tensor(fn, h, hidden)
+    device(fn, h, hidden)
+    float_tensor(fn, w, weight)
     if hidden.dim() == 0:
-        raise ValueError(f"{fn}: hidden must be (..., H), with the hidden size last; got a 0-d tensor")
+        raise ValueError(f"{fn}: {h} must be (..., H), with the hidden size last; got a 0-d tensor")
     if weight.dim() != 2:
-        raise ValueError(f"{fn}: weight must be the output projection (V, H), got shape {tuple(weight.shape)}")
+        raise ValueError(f"{fn}: {w} must be the output projection (V, H), got shape {tuple(weight.shape)}")
     if weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"{fn}: weight has hidden size {weight.shape[1]} (shape {tuple(weight.shape)}) but hidden has "
+        raise ValueError(f"{fn}: {w} has hidden size {weight.shape[1]} (shape {tuple(weight.shape)}) but {h} has "
                          f"{hidden.shape[-1]} (shape {tuple(hidden.shape)})")
     if weight.shape[0] == 0:
-        raise ValueError(f"{fn}: weight has no rows: the vocabulary is empty")
+        raise ValueError(f"{fn}: {w} has no rows: the vocabulary is empty")
     if weight.dtype != hidden.dtype:
-        raise TypeError(f"{fn}: weight has dtype {weight.dtype} but hidden has {hidden.dtype}; they must match")
-    same_device(fn, "weight", weight, "hidden", hidden)
+        raise TypeError(f"{fn}: {w} has dtype {weight.dtype} but {h} has {hidden.dtype}; they must match")
+    same_device(fn, w, weight, h, hidden)
     if bias is not None:
-        float_tensor(fn, "bias", bias)
+        float_tensor(fn, b, bias)
         if bias.shape != weight.shape[:1]:
-            raise ValueError(f"{fn}: bias must have shape ({weight.shape[0]},), one per row of weight, "
+            raise ValueError(f"{fn}: {b} must have shape ({weight.shape[0]},), one per row of {w}, "
                              f"got {tuple(bias.shape)}")
         if bias.dtype != hidden.dtype:
-            raise TypeError(f"{fn}: bias has dtype {bias.dtype} but hidden has {hidden.dtype}; they must match")
-        same_device(fn, "bias", bias, "hidden", hidden)
+            raise TypeError(f"{fn}: {b} has dtype {bias.dtype} but {h} has {hidden.dtype}; they must match")
+        same_device(fn, b, bias, h, hidden)
     return weight.shape[0]
 
 

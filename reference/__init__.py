@@ -4,6 +4,13 @@ It never imports torch: it is the independent side of every comparison.
 """
 
 from .cross_entropy import REDUCTIONS, cross_entropy, cross_entropy_backward, cross_entropy_lse
+from .distillation import (
+    distillation,
+    distillation_backward,
+    divergence_rows,
+    linear_distillation,
+    linear_distillation_backward,
+)
 from .errors import TOLERANCE, relative_error
 from .linear_cross_entropy import (
     linear_cross_entropy,
@@ -44,4 +51,9 @@ __all__ = [
     "linear_cross_entropy_backward",
     "linear_token_logprobs",
     "linear_token_logprobs_backward",
+    "distillation",
+    "distillation_backward",
+    "divergence_rows",
+    "linear_distillation",
+    "linear_distillation_backward",
 ]

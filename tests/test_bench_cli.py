@@ -266,7 +266,7 @@ def test_compare_refuses_tables_of_different_devices(tmp_path, capsys):
     (["check", "--dtype", "int8"], "dtype must be one of"),
     (["check", "--shape", "4096"], "ROWSxCOLS"),
     (["check", "--op", "softmax", "--shape", "4x64x8"], "--shape 4x64x8: a hidden size applies only to "
-                                                        "linear_cross_entropy, not to softmax"),
+                                                        "linear_cross_entropy, linear_distillation_jsd, not to softmax"),
     (["bench", "--shape", "4x64x8"], "--shape 4x64x8: a hidden size applies only to linear_cross_entropy"),
     (["check", "--op", "gelu"], "invalid choice: 'gelu'"),
     (["bench", "--direction", "up"], "invalid choice: 'up'"),

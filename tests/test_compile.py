@@ -41,3 +41,6 @@ def test_every_variant_compiles_for_sm90_and_sm80(tmp_path):
             backward = variants("token_logprobs_backward_kernel")
             for flags in ("LOGP_GRAD", "ENTROPY_GRAD", "LOGP_GRAD, ENTROPY_GRAD"):  # each gradient alone, both
                 assert any(re.search(rf"BLOCK=\d+, {flags}(, PRECISE)?\]", r) for r in backward), (arch, dtype, flags)
+            for divergence in ("DIVERGENCE=0", "DIVERGENCE=2"):  # the KL and the JSD, forward and backward
+                for kernel in ("distillation_forward_kernel", "distillation_backward_kernel"):
+                    assert any(divergence in r for r in variants(kernel)), (arch, dtype, kernel, divergence)
